@@ -1,0 +1,1 @@
+"""P2Med-MLLM components: pure torch / transformers / peft, nothing of Ray or the platform."""

@@ -1,0 +1,1 @@
+"""Ray glue of the platform: storage, configs, data pipelines, training, evaluation."""

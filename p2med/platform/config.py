@@ -1,0 +1,153 @@
+"""Typed configs: YAML files plus `key=value` overrides, validated when loaded.
+
+Every job's config is a `Config` subclass whose fields carry a type, a default and a
+docstring. A wrong key or value fails here, at load time, with the key's dotted name,
+never deep inside a Ray worker.
+
+    cfg = load_config(SynthJobConfig, "synth/small.yaml", ["patients=50", "storage.region=eu-west-1"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from p2med.platform.errors import ConfigError
+
+C = TypeVar("C", bound="Config")
+
+PACKAGED_CONFIGS = "p2med.jobs"  # YAML configs ship in p2med/jobs/configs/
+
+
+class Config(BaseModel):
+    """Base of every config: unknown keys are errors; attribute docstrings describe fields."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True
+    )
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, raw = token.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {token!r} is not of the form key=value (e.g. seed=3)")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw  # not valid YAML: keep the text and let the field's type decide
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {token!r} conflicts with an earlier '{part}=...'")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of `update` win, nested dicts are merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_config_file(name: str) -> Path:
+    """A config path as given, else relative to the packaged `p2med/jobs/configs/`."""
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    packaged = Path(str(resources.files(PACKAGED_CONFIGS).joinpath("configs", name)))
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"config file {name!r} not found (looked in the current folder and in {packaged.parent})"
+    )
+
+
+def read_config_file(name: str) -> dict[str, Any]:
+    path = find_config_file(name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {name}{where} is not valid YAML") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {name} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], file: str | None = None, overrides: list[str] | None = None) -> C:
+    """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`."""
+    data = read_config_file(file) if file else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return validate(cls, data)
+
+
+def validate(cls: type[C], data: dict[str, Any]) -> C:
+    """`cls(**data)`, with pydantic's errors turned into one line naming the key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(cls, exc)) from None
+
+
+def _describe(cls: type[Config], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        known = [k for k, *_ in describe_fields(cls)]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        return f"unknown config key '{key}'{hint}{more}"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict | SecretStr) else f" (got {value!r})"
+    return f"config key '{key}': {err['msg']}{shown}{more}"
+
+
+def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every leaf field, nested configs expanded."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_fields(annotation, prefix=f"{key}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "(secret)" if isinstance(default, SecretStr) else repr(default)
+        rows.append((key, _type_name(annotation), shown, field.description or ""))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))

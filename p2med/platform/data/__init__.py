@@ -1,0 +1,1 @@
+"""Data platform: synthetic P2Med-MD, DICOM decoding, de-identification, ingest, loaders."""

@@ -1,0 +1,190 @@
+"""DICOM files for synthetic studies: a projection X-ray (CR or DX) and CT series.
+
+Headers carry the fake identity on purpose (names, IDs, birth date, institution,
+accession numbers, physicians, dates, a private tag with the MRN), so that ingest has real
+work to de-identify. UIDs derive from (seed, patient, role): same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+from p2med.platform.data.synth.cases import Case
+
+MANUFACTURER = "P2Med Synthetic"
+PRIVATE_CREATOR = "P2MED SYNTH 1.0"
+
+
+def uid(seed: int, index: int, role: str) -> str:
+    """A valid DICOM UID that is the same for the same (seed, patient, role)."""
+    return generate_uid(entropy_srcs=["p2med-synth", str(seed), str(index), role])
+
+
+def _date(d: dt.date) -> str:
+    return d.strftime("%Y%m%d")
+
+
+def _age_string(age_days: int) -> str:
+    if age_days < 31:
+        return f"{age_days:03d}D"
+    if age_days < 730:
+        return f"{int(age_days / 30.4):03d}M"
+    return f"{int(age_days / 365.25):03d}Y"
+
+
+def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) -> Dataset:
+    ident = case.identity
+    ds = Dataset()
+    ds.PatientName = f"{ident.family_name}^{ident.given_name}"
+    ds.PatientID = ident.mrn
+    ds.PatientBirthDate = _date(ident.birth_date)
+    ds.PatientSex = case.sex
+    ds.PatientAge = _age_string(case.age_days)
+    ds.PatientWeight = f"{case.weight_kg:.1f}"
+    ds.OtherPatientNames = ident.guardian_name.replace(" ", "^")
+    ds.PatientAddress = ident.address
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _date(case.visit_date)
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
+    ds.AccessionNumber = accession
+    ds.StudyID = accession[-6:]
+    ds.ReferringPhysicianName = ident.referring_physician.replace(" ", "^")
+    ds.InstitutionName = ident.institution
+    ds.InstitutionAddress = "1 Hospital Road, " + ident.address.rsplit(", ", 1)[-1]
+    ds.StationName = "XR-ROOM-2"
+    ds.OperatorsName = ident.attending.split(" ")[-1] + "^Tech"
+    ds.Manufacturer = MANUFACTURER
+    ds.BodyPartExamined = "CHEST"
+    # A private block, as vendors add: it repeats the MRN, so ingest must drop private tags.
+    block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "LO", ident.mrn)
+    return ds
+
+
+def _file_bytes(ds: Dataset, sop_class: str) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _monochrome(ds: Dataset, pixels: np.ndarray, bits_stored: int) -> None:
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+
+
+@dataclass(frozen=True)
+class XrayFile:
+    sop_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    data: bytes
+
+
+def xray_file(case: Case, seed: int, pixels: np.ndarray, pixel_spacing_mm: float, modality: str) -> XrayFile:
+    """A frontal chest radiograph. `pixels`: (rows, cols) uint16, 12 bits stored."""
+    study_uid = uid(seed, case.index, "xray-study")
+    time = f"{8 + case.index % 10:02d}{case.index * 7 % 60:02d}00"
+    ds = _patient_and_study(case, study_uid, case.identity.accession_xray, time)
+    ds.SOPInstanceUID = uid(seed, case.index, "xray-image")
+    ds.SeriesInstanceUID = uid(seed, case.index, "xray-series")
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.StudyDescription = "XR CHEST 1 VIEW"
+    ds.SeriesDescription = "CHEST PA"
+    ds.ViewPosition = "PA"
+    # Radiological display: the patient's right is on the image's left, so columns run
+    # towards the patient's Left and rows towards the Feet.
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PixelSpacing = [f"{pixel_spacing_mm:.4f}"] * 2
+    if modality == "DX":
+        ds.ImagerPixelSpacing = ds.PixelSpacing
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.DetectorType = "SCINTILLATOR"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    lo, hi = np.percentile(pixels, [1, 99.5])
+    ds.WindowCenter = f"{(lo + hi) / 2:.0f}"
+    ds.WindowWidth = f"{max(hi - lo, 1):.0f}"
+    _monochrome(ds, pixels, bits_stored=12)
+    sop = DigitalXRayImageStorageForPresentation if modality == "DX" else ComputedRadiographyImageStorage
+    return XrayFile(ds.SOPInstanceUID, study_uid, modality, _file_bytes(ds, sop))
+
+
+@dataclass(frozen=True)
+class CtSeries:
+    series_instance_uid: str
+    study_instance_uid: str
+    files: list[tuple[str, bytes]]  # (SOPInstanceUID, file bytes), inferior slice first
+
+
+def ct_series(
+    case: Case, seed: int, volume_hu: np.ndarray, pixel_spacing_mm: float, slice_thickness_mm: float
+) -> CtSeries:
+    """One axial CT series, a file per slice. `volume_hu`: (slices, rows, cols) in HU,
+    slice 0 inferior. Stored values are HU + 1024 (RescaleIntercept -1024)."""
+    slices, rows, cols = volume_hu.shape
+    study_uid = uid(seed, case.index, "ct-study")
+    series_uid = uid(seed, case.index, "ct-series")
+    time = f"{9 + case.index % 9:02d}{case.index * 11 % 60:02d}00"
+    ds = _patient_and_study(case, study_uid, case.identity.accession_ct, time)
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = uid(seed, case.index, "ct-frame")
+    ds.Modality = "CT"
+    ds.SeriesNumber = 2
+    ds.StudyDescription = "CT CHEST WITHOUT CONTRAST"
+    ds.SeriesDescription = "AXIAL 5MM" if slice_thickness_mm >= 4 else "AXIAL"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientPosition = "HFS"
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.PixelSpacing = [f"{pixel_spacing_mm:.4f}"] * 2
+    ds.SliceThickness = f"{slice_thickness_mm:.2f}"
+    ds.SpacingBetweenSlices = ds.SliceThickness
+    ds.KVP = "100"
+    ds.RescaleIntercept = "-1024"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = ["-600", "40"]
+    ds.WindowWidth = ["1500", "400"]
+    stored = np.clip(np.rint(volume_hu) + 1024, 0, 4095).astype(np.uint16)
+    # Patient origin at the centre of the field of view; z grows towards the head.
+    x0 = -pixel_spacing_mm * (cols - 1) / 2
+    y0 = -pixel_spacing_mm * (rows - 1) / 2
+    files = []
+    for k in range(slices):
+        z = k * slice_thickness_mm
+        ds.SOPInstanceUID = uid(seed, case.index, f"ct-slice-{k}")
+        ds.InstanceNumber = slices - k  # scanners number head first; files are not in order
+        ds.ImagePositionPatient = [f"{x0:.3f}", f"{y0:.3f}", f"{z:.3f}"]
+        ds.SliceLocation = f"{z:.3f}"
+        _monochrome(ds, stored[k], bits_stored=12)
+        files.append((ds.SOPInstanceUID, _file_bytes(ds, CTImageStorage)))
+    return CtSeries(series_uid, study_uid, files)

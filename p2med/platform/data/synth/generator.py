@@ -1,0 +1,267 @@
+"""Write a synthetic P2Med-MD raw store: DICOM files, reports, records, manifest.
+
+Layout under the output location (what a hospital export to object storage looks like):
+
+    dicom/xray/<SOPInstanceUID>.dcm             one frontal chest X-ray per patient
+    dicom/ct/<SeriesInstanceUID>/<SOPUID>.dcm   one file per CT slice, names not in slice order
+    reports.jsonl                               one radiology report per study
+    records.jsonl                               outpatient records, inpatient records if admitted
+    manifest.json                               written last: what was generated
+
+A data set is complete only once `manifest.json` exists; while writing, a marker file says
+the location holds an unfinished data set, so a rerun may replace it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from p2med.platform.config import Config
+from p2med.platform.data.synth.anatomy import ChestLayout, sample_layout
+from p2med.platform.data.synth.cases import Case, make_case
+from p2med.platform.data.synth.ct import render_ct
+from p2med.platform.data.synth.dicom import ct_series, xray_file
+from p2med.platform.data.synth.records import inpatient_record, outpatient_record
+from p2med.platform.data.synth.reports import report_record
+from p2med.platform.data.synth.xray import render_xray
+from p2med.platform.errors import P2MedError
+from p2med.platform.storage import Location, StorageConfig, check_writable, resolve
+
+MANIFEST = "manifest.json"
+INCOMPLETE_MARKER = ".p2med-synth-incomplete"
+KIND = "p2med-synthetic-raw"
+SCHEMA_VERSION = 1
+OUR_ENTRIES = ("dicom", "reports.jsonl", "records.jsonl")
+PATIENTS_PER_TASK = 4
+
+
+class Prevalence(Config):
+    """Relative weight of each diagnosis among generated patients (normalised to sum 1)."""
+
+    normal: float = Field(1.0, ge=0)
+    """Weight of patients without acute disease."""
+    bacterial_pneumonia: float = Field(1.0, ge=0)
+    """Weight of community-acquired bacterial pneumonia (lobar consolidation)."""
+    viral_pneumonia: float = Field(1.0, ge=0)
+    """Weight of viral pneumonia (bilateral interstitial opacities)."""
+    mycoplasma_pneumonia: float = Field(1.0, ge=0)
+    """Weight of Mycoplasma pneumoniae pneumonia (patchy opacities, school age)."""
+    bronchiolitis: float = Field(1.0, ge=0)
+    """Weight of acute bronchiolitis (hyperinflation, infants)."""
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Prevalence:
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one diagnosis needs a weight above 0")
+        return self
+
+
+class SynthConfig(Config):
+    """What to generate. Same config and seed, same bytes."""
+
+    patients: int = Field(200, gt=0, le=10_000_000)
+    """Number of patients; each gets an X-ray, an outpatient record, a report per study."""
+    seed: int = 0
+    """Random seed; the data set is a pure function of the config."""
+    prevalence: Prevalence = Prevalence()
+    """Relative weight of each diagnosis."""
+    ct_fraction: float = Field(0.3, ge=0, le=1)
+    """Share of patients who also get a chest CT series."""
+    xray_size: int = Field(512, ge=64, le=4096)
+    """X-ray height in pixels (width is 82-100% of it, as detector plates vary)."""
+    ct_slices: int = Field(32, ge=8, le=1024)
+    """Axial slices per CT series, covering the lungs."""
+    ct_size: int = Field(160, ge=32, le=1024)
+    """CT slice width and height in pixels."""
+    workers: int = Field(0, ge=0)
+    """Worker processes; 0 uses every CPU core."""
+
+
+@dataclass
+class PatientOutput:
+    """What one patient contributed, gathered by the parent process."""
+
+    index: int
+    diagnosis: str
+    admitted: bool
+    reports: list[dict]
+    records: list[dict]
+    studies: list[dict]
+    ct_slices: int
+
+
+@dataclass
+class SynthSummary:
+    out: str
+    patients: int
+    xray_studies: int
+    ct_series: int
+    ct_slices: int
+    reports: int
+    outpatient_records: int
+    inpatient_records: int
+    diagnoses: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def patients_per_second(self) -> float:
+        return self.patients / self.seconds if self.seconds else float("inf")
+
+
+def patient_case(config: SynthConfig, index: int) -> Case:
+    return make_case(config.seed, index, config.prevalence.model_dump(), config.ct_fraction)
+
+
+def patient_layout(config: SynthConfig, case: Case) -> ChestLayout:
+    """The chest geometry shared by the patient's X-ray and CT."""
+    hyper = any(f.type == "hyperinflation" for f in case.findings)
+    return sample_layout(np.random.default_rng([config.seed, case.index, 4]), hyper)
+
+
+def render_patient(config: SynthConfig, index: int, out: Location) -> PatientOutput:
+    """Make patient `index` and write its DICOM files under `out`."""
+    case = patient_case(config, index)
+    layout = patient_layout(config, case)
+    rng = np.random.default_rng([config.seed, index, 1])
+    rows = config.xray_size
+    cols = int(round(rows * rng.uniform(0.82, 1.0)))
+    # Field of view grows with the child: ~22 cm for an infant, ~40 cm for a teenager.
+    fov_mm = 220 + 13 * min(case.age_years, 14)
+    pixels = render_xray(layout, case.findings, (rows, cols), rng)
+    xray = xray_file(case, config.seed, pixels, fov_mm / rows, "DX" if rng.random() < 0.5 else "CR")
+    xray_path = f"dicom/xray/{xray.sop_instance_uid}.dcm"
+    out.join(xray_path).write_bytes(xray.data)
+    studies = [{"modality": xray.modality, "path": xray_path, "files": 1, "bytes": len(xray.data)}]
+    reports = [report_record(case, config.seed, xray.modality, xray.study_instance_uid)]
+    ct_slices = 0
+    if case.has_ct:
+        ct_rng = np.random.default_rng([config.seed, index, 5])
+        volume = render_ct(layout, case.findings, config.ct_slices, config.ct_size, ct_rng)
+        chest_mm = 110 + 9 * min(case.age_years, 14)  # lung apex to base plus margins
+        series = ct_series(case, config.seed, volume, 0.75 * fov_mm / config.ct_size, chest_mm / config.ct_slices)
+        folder = f"dicom/ct/{series.series_instance_uid}"
+        for sop_uid, data in series.files:
+            out.join(f"{folder}/{sop_uid}.dcm").write_bytes(data)
+        size = sum(len(d) for _, d in series.files)
+        studies.append({"modality": "CT", "path": folder + "/", "files": len(series.files), "bytes": size})
+        reports.append(report_record(case, config.seed, "CT", series.study_instance_uid))
+        ct_slices = len(series.files)
+    records = [outpatient_record(case)] + ([inpatient_record(case)] if case.admitted else [])
+    return PatientOutput(index, case.diagnosis, case.admitted, reports, records, studies, ct_slices)
+
+
+def _render_range(config: SynthConfig, out_uri: str, storage: StorageConfig, start: int, stop: int):
+    out = resolve(out_uri, storage)
+    return [render_patient(config, i, out) for i in range(start, stop)]
+
+
+def generate(config: SynthConfig, out: Location, progress: bool = True) -> SynthSummary:
+    """Generate the data set into `out`, replacing an earlier synthetic data set there.
+
+    Raises:
+        P2MedError: `out` is not writable, or holds something other than our data set.
+    """
+    started = time.perf_counter()
+    _prepare_output(out)
+    tasks = [(s, min(s + PATIENTS_PER_TASK, config.patients)) for s in range(0, config.patients, PATIENTS_PER_TASK)]
+    workers = min(config.workers or os.cpu_count() or 1, len(tasks))
+    results: list[PatientOutput] = []
+    bar = tqdm(total=config.patients, unit="patient", desc="synth", file=sys.stderr, disable=not progress, mininterval=1)
+    with bar:
+        if workers <= 1:
+            for start, stop in tasks:
+                results += _render_range(config, out.uri, out.storage, start, stop)
+                bar.update(stop - start)
+        else:
+            # spawn: fork would copy s3fs's event loop and locks into the children.
+            context = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = [pool.submit(_render_range, config, out.uri, out.storage, a, b) for a, b in tasks]
+                try:
+                    for future in cf.as_completed(futures):
+                        batch = future.result()
+                        results += batch
+                        bar.update(len(batch))
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    results.sort(key=lambda r: r.index)
+    summary = _write_tables_and_manifest(config, out, results)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _prepare_output(out: Location) -> None:
+    check_writable(out)
+    present = set(out.list_files())
+    if present:
+        manifest = out.join(MANIFEST)
+        ours = INCOMPLETE_MARKER in present or (MANIFEST in present and _is_our_manifest(manifest))
+        if not ours:
+            raise P2MedError(
+                f"output {out.uri} is not empty and holds no P2Med synthetic data set; "
+                "choose an empty or new location"
+            )
+    out.join(INCOMPLETE_MARKER).write_bytes(b"")
+    # The manifest goes first: from here on the old data set no longer looks complete.
+    out.join(MANIFEST).remove()
+    for entry in OUR_ENTRIES:
+        out.join(entry).remove()
+
+
+def _is_our_manifest(loc: Location) -> bool:
+    try:
+        return json.loads(loc.read_text()).get("kind") == KIND
+    except (ValueError, AttributeError):
+        return False
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _write_tables_and_manifest(config: SynthConfig, out: Location, results: list[PatientOutput]) -> SynthSummary:
+    reports = [r for p in results for r in p.reports]
+    records = [r for p in results for r in p.records]
+    studies = [s for p in results for s in p.studies]
+    reports_bytes, records_bytes = _jsonl(reports), _jsonl(records)
+    out.join("reports.jsonl").write_bytes(reports_bytes)
+    out.join("records.jsonl").write_bytes(records_bytes)
+    kinds = collections.Counter(r["record_type"] for r in records)
+    summary = SynthSummary(
+        out=out.uri,
+        patients=len(results),
+        xray_studies=sum(s["modality"] != "CT" for s in studies),
+        ct_series=sum(s["modality"] == "CT" for s in studies),
+        ct_slices=sum(p.ct_slices for p in results),
+        reports=len(reports),
+        outpatient_records=kinds["outpatient"],
+        inpatient_records=kinds["inpatient"],
+        diagnoses=dict(sorted(collections.Counter(p.diagnosis for p in results).items())),
+        bytes=sum(s["bytes"] for s in studies) + len(reports_bytes) + len(records_bytes),
+    )
+    counts = {k: v for k, v in asdict(summary).items() if k not in ("out", "seconds")}
+    manifest = {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "config": config.model_dump(exclude={"workers"}),
+        "counts": counts,
+        "files": {"reports": "reports.jsonl", "records": "records.jsonl"},
+        "studies": studies,
+    }
+    out.join(MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    out.join(INCOMPLETE_MARKER).remove()
+    return summary

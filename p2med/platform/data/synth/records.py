@@ -1,0 +1,170 @@
+"""Outpatient and inpatient records: history, examination, labs, diagnosis and a plan
+personalised by weight, allergy, severity and test results.
+
+Nothing here states a lobe or side: the imaging section quotes the radiology
+impression, which downstream datasets treat as a target, never as an input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from p2med.platform.data.synth.cases import Case
+from p2med.platform.data.synth.reports import impression_text
+from p2med.platform.data.vocabulary import DIAGNOSIS_NAMES
+
+
+def _dose(case: Case, mg_per_kg: float, max_mg: float) -> int:
+    return int(min(round(case.weight_kg * mg_per_kg), max_mg))
+
+
+def _oseltamivir_mg(weight_kg: float) -> int:
+    for limit, mg in ((15, 30), (23, 45), (40, 60)):
+        if weight_kg <= limit:
+            return mg
+    return 75
+
+
+def treatment_plan(case: Case, inpatient: bool) -> str:
+    """The plan a pediatrician would write for this case."""
+    d, plan = case.diagnosis, []
+    fever = f"Paracetamol {_dose(case, 15, 1000)} mg every 6 hours as needed for fever."
+    if d == "bacterial_pneumonia":
+        if inpatient:
+            plan.append(
+                f"IV clindamycin {_dose(case, 10, 600)} mg every 8 hours (penicillin allergy)."
+                if case.penicillin_allergy
+                else f"IV ceftriaxone {_dose(case, 50, 2000)} mg once daily, then oral step-down when afebrile."
+            )
+        else:
+            plan.append(
+                f"Oral cefuroxime {_dose(case, 15, 500)} mg twice daily for 5 days (penicillin allergy)."
+                if case.penicillin_allergy
+                else f"Oral amoxicillin {_dose(case, 45, 1000)} mg twice daily for 5 days."
+            )
+    elif d == "mycoplasma_pneumonia":
+        plan.append(
+            f"Azithromycin {_dose(case, 10, 500)} mg on day 1, then {_dose(case, 5, 250)} mg daily on days 2 to 5."
+        )
+    elif d == "viral_pneumonia":
+        plan.append("Supportive care; antibiotics are not indicated.")
+        if case.labs.influenza:
+            plan.append(f"Oseltamivir {_oseltamivir_mg(case.weight_kg)} mg twice daily for 5 days.")
+    elif d == "bronchiolitis":
+        plan.append("Supportive care with nasal suctioning and small frequent feeds; no bronchodilators or antibiotics.")
+    else:
+        plan.append("Symptomatic care; no antibiotics.")
+    if case.vitals.spo2 < 92:
+        plan.append("Supplemental oxygen to keep SpO2 at or above 92%.")
+    if case.diagnosis != "normal" or case.vitals.temperature_c >= 38:
+        plan.append(fever)
+    if inpatient:
+        plan.append("Maintenance IV fluids if oral intake is poor; continuous pulse oximetry.")
+    else:
+        plan.append("Return if breathing becomes difficult, feeding drops, or fever lasts beyond 48 hours. Review in 2 days.")
+    return " ".join(plan)
+
+
+def _age_phrase(case: Case) -> str:
+    if case.age_days < 730:
+        return f"{case.age_days // 30}-month-old"
+    return f"{int(case.age_years)}-year-old"
+
+
+def _shared_sections(case: Case) -> dict[str, str]:
+    ident, v, lab = case.identity, case.vitals, case.labs
+    child = "boy" if case.sex == "M" else "girl"
+    pronoun = "He" if case.sex == "M" else "She"
+    allergy = "Allergic to penicillin (rash)." if case.penicillin_allergy else "No known drug allergies."
+    history = (
+        f"{ident.given_name} is a {_age_phrase(case)} {child} brought in by {ident.guardian_name} with "
+        f"{', '.join(case.symptoms)} for {case.symptom_days} days. {pronoun} has no chronic illness. "
+        f"Immunisations are up to date. {allergy}"
+    )
+    tests = [
+        f"WBC {lab.wbc} x10^9/L (neutrophils {lab.neutrophil_pct}%, lymphocytes {lab.lymphocyte_pct}%), "
+        f"CRP {lab.crp} mg/L, procalcitonin {lab.procalcitonin} ng/mL.",
+        f"Mycoplasma pneumoniae IgM {'positive' if lab.mycoplasma_igm else 'negative'}.",
+        f"RSV antigen {'positive' if lab.rsv else 'negative'}; influenza A/B {'positive' if lab.influenza else 'negative'}.",
+    ]
+    signs = "Crackles on auscultation." if case.findings else "Chest clear on auscultation."
+    if case.diagnosis == "bronchiolitis":
+        signs = "Diffuse wheeze and fine crackles on auscultation; subcostal retractions."
+    imaging = f"Chest X-ray: {impression_text(case)}"
+    if case.has_ct:
+        imaging += f" Chest CT: {impression_text(case)}"
+    return {
+        "history": history,
+        "examination": (
+            f"T {v.temperature_c} °C, HR {v.heart_rate}/min, RR {v.respiratory_rate}/min, "
+            f"SpO2 {v.spo2}% on room air. Weight {case.weight_kg} kg. {signs}"
+        ),
+        "investigations": " ".join(tests),
+        "imaging": imaging,
+    }
+
+
+def outpatient_record(case: Case) -> dict:
+    """The clinic visit record, as a JSONL row (raw: full identity in header and text)."""
+    ident = case.identity
+    return {
+        "record_id": f"OP-{ident.accession_xray}",
+        "record_type": "outpatient",
+        "patient_id": ident.mrn,
+        "patient_name": ident.full_name,
+        "birth_date": ident.birth_date.isoformat(),
+        "sex": case.sex,
+        "address": ident.address,
+        "phone": ident.phone,
+        "visit_date": case.visit_date.isoformat(),
+        "institution": ident.institution,
+        "physician": f"Dr. {ident.attending}",
+        "accession_numbers": [ident.accession_xray] + ([ident.accession_ct] if case.has_ct else []),
+        "sections": {
+            "chief_complaint": f"{case.symptoms[0].capitalize()} for {case.symptom_days} days.",
+            **_shared_sections(case),
+            "diagnosis": DIAGNOSIS_NAMES[case.diagnosis].capitalize() + ".",
+            "plan": treatment_plan(case, inpatient=False)
+            if not case.admitted
+            else "Admitted to the pediatric ward for further management.",
+        },
+    }
+
+
+def inpatient_record(case: Case) -> dict:
+    """The admission-to-discharge record of an admitted case, as a JSONL row."""
+    ident = case.identity
+    discharge = case.visit_date + dt.timedelta(days=case.length_of_stay_days)
+    reasons = []
+    if case.vitals.spo2 < 92:
+        reasons.append(f"hypoxaemia (SpO2 {case.vitals.spo2}%)")
+    if case.age_days < 90:
+        reasons.append("young infant")
+    if case.labs.crp > 150:
+        reasons.append("markedly raised inflammatory markers")
+    reason = ", ".join(reasons) or "poor oral intake and increased work of breathing"
+    return {
+        "record_id": f"IP-{ident.accession_xray}",
+        "record_type": "inpatient",
+        "patient_id": ident.mrn,
+        "patient_name": ident.full_name,
+        "birth_date": ident.birth_date.isoformat(),
+        "sex": case.sex,
+        "address": ident.address,
+        "phone": ident.phone,
+        "admission_date": case.visit_date.isoformat(),
+        "discharge_date": discharge.isoformat(),
+        "institution": ident.institution,
+        "physician": f"Dr. {ident.attending}",
+        "accession_numbers": [ident.accession_xray] + ([ident.accession_ct] if case.has_ct else []),
+        "sections": {
+            "reason_for_admission": reason.capitalize() + ".",
+            **_shared_sections(case),
+            "hospital_course": (
+                f"{ident.given_name} was treated as follows: {treatment_plan(case, inpatient=True)} "
+                f"Clinical improvement allowed discharge on day {case.length_of_stay_days}."
+            ),
+            "discharge_diagnosis": DIAGNOSIS_NAMES[case.diagnosis].capitalize() + ".",
+            "discharge_plan": "Complete the course of treatment at home. Follow-up in the pediatric clinic in 1 week.",
+        },
+    }

@@ -1,0 +1,97 @@
+"""The clinical vocabulary of P2Med-MD: diagnoses, finding types, lobes and sides.
+
+The synthetic generator draws findings from it, writes them into pixels and reports,
+and the evaluation's findings extractor reads reports back into the same terms. A
+finding is a (type, lobe, side) triple; diffuse findings have no lobe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Diagnosis = Literal[
+    "normal",
+    "bacterial_pneumonia",
+    "viral_pneumonia",
+    "mycoplasma_pneumonia",
+    "bronchiolitis",
+]
+DIAGNOSES: tuple[Diagnosis, ...] = (
+    "normal",
+    "bacterial_pneumonia",
+    "viral_pneumonia",
+    "mycoplasma_pneumonia",
+    "bronchiolitis",
+)
+DIAGNOSIS_NAMES: dict[str, str] = {
+    "normal": "no acute cardiopulmonary disease",
+    "bacterial_pneumonia": "community-acquired bacterial pneumonia",
+    "viral_pneumonia": "viral pneumonia",
+    "mycoplasma_pneumonia": "Mycoplasma pneumoniae pneumonia",
+    "bronchiolitis": "acute bronchiolitis",
+}
+
+FindingType = Literal[
+    "consolidation",
+    "patchy_opacity",
+    "interstitial_opacity",
+    "pleural_effusion",
+    "hyperinflation",
+]
+FINDING_TYPES: tuple[FindingType, ...] = (
+    "consolidation",
+    "patchy_opacity",
+    "interstitial_opacity",
+    "pleural_effusion",
+    "hyperinflation",
+)
+# Focal findings sit in one lobe; the others are bilateral or pleural (side only).
+FOCAL_FINDINGS: frozenset[str] = frozenset({"consolidation", "patchy_opacity"})
+FINDING_PHRASES: dict[str, str] = {
+    "consolidation": "consolidation",
+    "patchy_opacity": "patchy opacities",
+    "interstitial_opacity": "interstitial opacities",
+    "pleural_effusion": "pleural effusion",
+    "hyperinflation": "hyperinflation",
+}
+
+Lobe = Literal["right_upper", "right_middle", "right_lower", "left_upper", "left_lower"]
+LOBES: tuple[Lobe, ...] = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
+LOBE_PHRASES: dict[str, str] = {
+    "right_upper": "right upper lobe",
+    "right_middle": "right middle lobe",
+    "right_lower": "right lower lobe",
+    "left_upper": "left upper lobe",
+    "left_lower": "left lower lobe",
+}
+
+Side = Literal["left", "right", "bilateral"]
+
+
+def lobe_side(lobe: Lobe) -> Side:
+    return "right" if lobe.startswith("right") else "left"
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    """One imaging finding. `lobe` is set for focal findings and None for the others."""
+
+    type: FindingType
+    side: Side
+    lobe: Lobe | None = None
+
+    def __post_init__(self) -> None:
+        if (self.type in FOCAL_FINDINGS) != (self.lobe is not None):
+            raise ValueError(f"finding {self.type!r} {'needs' if self.lobe is None else 'takes no'} lobe")
+        if self.lobe is not None and lobe_side(self.lobe) != self.side:
+            raise ValueError(f"lobe {self.lobe!r} is not on side {self.side!r}")
+
+    def phrase(self) -> str:
+        """How a report names it, e.g. 'consolidation in the right lower lobe'."""
+        what = FINDING_PHRASES[self.type]
+        if self.lobe is not None:
+            return f"{what} in the {LOBE_PHRASES[self.lobe]}"
+        if self.side == "bilateral":
+            return f"bilateral {what}"
+        return f"{self.side} {what}"

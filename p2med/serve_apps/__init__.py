@@ -1,0 +1,1 @@
+"""Ray Serve applications: typed app builders, serve_config.yaml and the Gradio demo."""

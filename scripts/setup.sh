@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup: creates .venv at the repo root and installs P2Med.
+#   scripts/setup.sh          # a second run with unchanged inputs returns in about a second
+# torch is installed first and pinned while the rest resolves: an unpinned torch pulls a
+# multi-GB CUDA build, while torch==2.13.0 is a cached CPU wheel on our machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="${P2MED_TORCH_VERSION:-2.13.0}"
+VENV=.venv
+STAMP="$VENV/.p2med-setup"
+
+inputs_hash() {
+    cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1
+}
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(inputs_hash) torch=$TORCH_VERSION" ]]; then
+    echo "setup: $VENV is up to date"
+    exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "setup: creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off)
+echo "setup: installing torch==$TORCH_VERSION"
+"${PIP[@]}" "torch==$TORCH_VERSION"
+
+CONSTRAINTS="$VENV/p2med-constraints.txt"
+echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
+echo "setup: installing p2med and its dependencies (a few minutes on a fresh machine)"
+"${PIP[@]}" -c "$CONSTRAINTS" -e ".[dev]"
+"$VENV/bin/python" -m pip check
+
+echo "$(inputs_hash) torch=$TORCH_VERSION" > "$STAMP"
+echo "setup: done; activate with: source $VENV/bin/activate"

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real S3-compatible server (moto in server mode) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from p2med.platform.storage import StorageConfig
+
+REPO = Path(__file__).resolve().parents[1]
+S3_KEY, S3_SECRET, S3_REGION = "testing", "testing-secret", "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """URL of a moto S3 server in its own process, up for the whole test session."""
+    port = free_port()
+    server = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_storage(s3_endpoint) -> StorageConfig:
+    return StorageConfig(
+        endpoint_url=s3_endpoint,
+        access_key_id=S3_KEY,
+        secret_access_key=S3_SECRET,
+        region=S3_REGION,
+    )
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A new, empty bucket (moto rejects s3fs's mkdir for buckets: boto3 creates it)."""
+    name = f"p2med-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name=S3_REGION,
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def location_uri(request, tmp_path) -> tuple[str, StorageConfig | None]:
+    """The same test on local disk and on the local S3 server: (URI, storage config)."""
+    if request.param == "local":
+        return str(tmp_path / "store"), None
+    bucket = request.getfixturevalue("bucket")
+    return f"s3://{bucket}/store", request.getfixturevalue("s3_storage")

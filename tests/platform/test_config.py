@@ -1,0 +1,83 @@
+"""Typed configs: overrides, YAML files, validation errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+
+from p2med.platform.config import Config, describe_fields, load_config, parse_overrides
+from p2med.platform.errors import ConfigError
+
+
+class Inner(Config):
+    rate: float = 0.5
+    """A rate."""
+
+
+class Outer(Config):
+    name: str = "x"
+    """A name."""
+    count: int = Field(3, gt=0)
+    """How many."""
+    inner: Inner = Inner()
+    """Nested settings."""
+
+
+def test_overrides_nest_on_dots_and_parse_yaml_scalars():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=true", "e=1.5", "f=", "g=s3://b/k"]) == {
+        "a": {"b": 1, "c": "x"},
+        "d": True,
+        "e": 1.5,
+        "f": None,
+        "g": "s3://b/k",
+    }
+
+
+@pytest.mark.parametrize("token", ["novalue", "=3", "a..b=1"])
+def test_malformed_overrides(token):
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides([token])
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# p2med test --config c.yaml\nname: from-file\ninner:\n  rate: 0.1\ncount: 7\n")
+    cfg = load_config(Outer, str(path), ["inner.rate=0.9"])
+    assert (cfg.name, cfg.count, cfg.inner.rate) == ("from-file", 7, 0.9)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner\.rat'; did you mean 'inner\.rate'\?"):
+        load_config(Outer, None, ["inner.rat=1"])
+
+
+def test_wrong_type_and_bad_value_name_the_key():
+    with pytest.raises(ConfigError, match=r"config key 'count': .*integer.*\(got 'many'\)"):
+        load_config(Outer, None, ["count=many"])
+    with pytest.raises(ConfigError, match=r"config key 'count': .*greater than 0.*\(got 0\)"):
+        load_config(Outer, None, ["count=0"])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file 'nope\.yaml' not found"):
+        load_config(Outer, "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(Outer, str(bad))
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Outer, str(listing))
+
+
+def test_describe_fields_expands_nested_configs():
+    rows = {key: (typ, default, doc) for key, typ, default, doc in describe_fields(Outer)}
+    assert rows["count"] == ("int", "3", "How many.")
+    assert rows["inner.rate"] == ("float", "0.5", "A rate.")
+
+
+def test_configs_are_immutable():
+    cfg = Outer()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.count = 5
