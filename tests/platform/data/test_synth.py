@@ -152,17 +152,23 @@ def _comparison_lobes(case, stated: str) -> list[str]:
     ]
 
 
-def test_xray_pixels_show_the_stated_lobe(tmp_path):
-    config = SMALL.model_copy(update={"patients": 40, "ct_fraction": 0.0, "xray_size": 256})
-    root = tmp_path / "raw"
+def cases_with_focal_findings(config: SynthConfig, root: Path):
+    """Generate `config` into `root`; yield (case, its focal findings) where it has some."""
     generate(config, resolve(str(root)), progress=False)
-    checked = 0
     for i in range(config.patients):
         case = patient_case(config, i)
         focal = [f for f in case.findings if f.lobe]
-        if not focal:
-            continue
-        pixels = pydicom.dcmread(root / "dicom/xray" / f"{uid(config.seed, i, 'xray-image')}.dcm").pixel_array
+        if focal:
+            yield case, focal
+
+
+def test_xray_pixels_show_the_stated_lobe(tmp_path):
+    config = SMALL.model_copy(update={"patients": 40, "ct_fraction": 0.0, "xray_size": 256})
+    root = tmp_path / "raw"
+    checked = 0
+    for case, focal in cases_with_focal_findings(config, root):
+        path = root / "dicom/xray" / f"{uid(config.seed, case.index, 'xray-image')}.dcm"
+        pixels = pydicom.dcmread(path).pixel_array
         layout = patient_layout(config, case)
         x, y = image_grid(*pixels.shape)
         mean = {lobe: float(pixels[lobe_mask_2d(layout, x, y, lobe)].mean()) for lobe in LOBES}
@@ -176,14 +182,9 @@ def test_xray_pixels_show_the_stated_lobe(tmp_path):
 def test_ct_voxels_show_the_stated_lobe(tmp_path):
     config = SMALL.model_copy(update={"patients": 30, "ct_fraction": 1.0, "xray_size": 64})
     root = tmp_path / "raw"
-    generate(config, resolve(str(root)), progress=False)
     checked = 0
-    for i in range(config.patients):
-        case = patient_case(config, i)
-        focal = [f for f in case.findings if f.lobe]
-        if not focal:
-            continue
-        folder = root / "dicom/ct" / uid(config.seed, i, "ct-series")
+    for case, focal in cases_with_focal_findings(config, root):
+        folder = root / "dicom/ct" / uid(config.seed, case.index, "ct-series")
         slices = sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.SliceLocation))
         hu = np.stack([ds.pixel_array - 1024.0 for ds in slices])
         layout = patient_layout(config, case)

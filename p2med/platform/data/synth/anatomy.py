@@ -30,6 +30,7 @@ class ChestLayout:
     """One patient's chest geometry in normalised units (image height = 1).
 
     Attributes:
+        midline_x: the spine and mediastinum (0 is the image centre).
         lung_x: centre of the right and left lung (right is negative).
         lung_half_width: half width of each lung.
         apex_y, base_y: top and bottom of the lungs on a frontal image.
@@ -37,6 +38,7 @@ class ChestLayout:
         body_half_width: half width of the torso.
     """
 
+    midline_x: float
     lung_x: tuple[float, float]
     lung_half_width: float
     apex_y: float
@@ -58,6 +60,7 @@ def sample_layout(rng: np.random.Generator, hyperinflated: bool) -> ChestLayout:
     apex = rng.uniform(0.13, 0.18)
     base = apex + rng.uniform(0.54, 0.6) * (1.12 if hyperinflated else 1.0)
     return ChestLayout(
+        midline_x=shift,
         lung_x=(shift - spread, shift + spread),
         lung_half_width=rng.uniform(0.12, 0.135),
         apex_y=apex,

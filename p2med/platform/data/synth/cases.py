@@ -186,43 +186,69 @@ def _findings(diagnosis: Diagnosis, rng: np.random.Generator) -> tuple[Finding, 
     return tuple(sorted(found))
 
 
+@dataclass(frozen=True)
+class ClinicalProfile:
+    """Ranges that vitals and labs are drawn from, and the presenting symptoms."""
+
+    temperature_c: tuple[float, float]
+    spo2: tuple[float, float]
+    wbc: tuple[float, float]
+    neutrophil_pct: tuple[float, float]
+    crp: tuple[float, float]
+    procalcitonin: tuple[float, float]
+    symptoms: tuple[str, ...]  # the first is the chief complaint
+    symptom_days: tuple[int, int]
+
+
+PROFILES = {
+    "bacterial_pneumonia": ClinicalProfile(
+        (38.8, 40.2), (89, 98), (15, 28), (70, 88), (60, 240), (1, 10),
+        ("fever", "productive cough", "tachypnea", "chest pain"), (2, 6),
+    ),
+    "viral_pneumonia": ClinicalProfile(
+        (37.8, 39.5), (90, 98), (4, 11), (30, 55), (2, 25), (0.05, 0.4),
+        ("fever", "dry cough", "rhinorrhea", "myalgia"), (2, 7),
+    ),
+    "mycoplasma_pneumonia": ClinicalProfile(
+        (37.8, 39.5), (93, 99), (5, 12), (50, 70), (10, 50), (0.05, 0.5),
+        ("persistent dry cough", "fever", "headache", "sore throat"), (7, 15),
+    ),
+    "bronchiolitis": ClinicalProfile(
+        (37.2, 38.5), (86, 97), (6, 13), (25, 45), (1, 15), (0.05, 0.3),
+        ("wheezing", "cough", "poor feeding", "nasal congestion"), (2, 6),
+    ),
+    "normal": ClinicalProfile(
+        (36.5, 38.0), (97, 100), (5, 11), (40, 60), (0, 8), (0.02, 0.1),
+        ("mild cough", "runny nose"), (1, 5),
+    ),
+}  # fmt: skip
+
+
 def _clinical_picture(diagnosis: Diagnosis, age_days: int, rng: np.random.Generator):
+    """Vitals, labs, symptoms (chief complaint first) and their duration in days."""
+    p = PROFILES[diagnosis]
     u = rng.uniform
-    if diagnosis == "bacterial_pneumonia":
-        temp, spo2, wbc, neut, crp, pct = u(38.8, 40.2), u(89, 98), u(15, 28), u(70, 88), u(60, 240), u(1, 10)
-        symptoms, days = ["fever", "productive cough", "tachypnea", "chest pain"], int(rng.integers(2, 6))
-    elif diagnosis == "viral_pneumonia":
-        temp, spo2, wbc, neut, crp, pct = u(37.8, 39.5), u(90, 98), u(4, 11), u(30, 55), u(2, 25), u(0.05, 0.4)
-        symptoms, days = ["fever", "dry cough", "rhinorrhea", "myalgia"], int(rng.integers(2, 7))
-    elif diagnosis == "mycoplasma_pneumonia":
-        temp, spo2, wbc, neut, crp, pct = u(37.8, 39.5), u(93, 99), u(5, 12), u(50, 70), u(10, 50), u(0.05, 0.5)
-        symptoms, days = ["persistent dry cough", "fever", "headache", "sore throat"], int(rng.integers(7, 15))
-    elif diagnosis == "bronchiolitis":
-        temp, spo2, wbc, neut, crp, pct = u(37.2, 38.5), u(86, 97), u(6, 13), u(25, 45), u(1, 15), u(0.05, 0.3)
-        symptoms, days = ["wheezing", "cough", "poor feeding", "nasal congestion"], int(rng.integers(2, 6))
-    else:
-        temp, spo2, wbc, neut, crp, pct = u(36.5, 38.0), u(97, 100), u(5, 11), u(40, 60), u(0, 8), u(0.02, 0.1)
-        symptoms, days = ["mild cough", "runny nose"], int(rng.integers(1, 5))
-    n = int(rng.integers(2, len(symptoms) + 1))
-    chosen = tuple(symptoms[:1] + sorted(rng.choice(symptoms[1:], size=n - 1, replace=False).tolist()))
+    n = int(rng.integers(2, len(p.symptoms) + 1))
+    others = sorted(rng.choice(p.symptoms[1:], size=n - 1, replace=False).tolist())
     infant = age_days < 365
     vitals = Vitals(
-        temperature_c=round(float(temp), 1),
+        temperature_c=round(float(u(*p.temperature_c)), 1),
         heart_rate=int(u(110, 170) if infant else u(80, 140)),
         respiratory_rate=int(u(35, 65) if infant else u(18, 40)) + (6 if diagnosis != "normal" else 0),
-        spo2=int(min(100, spo2)),
+        spo2=int(min(100, u(*p.spo2))),
     )
+    neutrophils = u(*p.neutrophil_pct)
     labs = Labs(
-        wbc=round(float(wbc), 1),
-        neutrophil_pct=int(neut),
-        lymphocyte_pct=int(min(95 - neut, u(20, 70))),
-        crp=round(float(crp), 1),
-        procalcitonin=round(float(pct), 2),
+        wbc=round(float(u(*p.wbc)), 1),
+        neutrophil_pct=int(neutrophils),
+        lymphocyte_pct=int(min(95 - neutrophils, u(20, 70))),
+        crp=round(float(u(*p.crp)), 1),
+        procalcitonin=round(float(u(*p.procalcitonin)), 2),
         mycoplasma_igm=diagnosis == "mycoplasma_pneumonia",
         rsv=diagnosis == "bronchiolitis" and bool(rng.random() < 0.75),
         influenza=diagnosis == "viral_pneumonia" and bool(rng.random() < 0.4),
     )
-    return vitals, labs, chosen, days
+    return vitals, labs, (p.symptoms[0], *others), int(rng.integers(*p.symptom_days))
 
 
 def _identity(sex: str, age_days: int, visit: dt.date, rng: np.random.Generator) -> Identity:

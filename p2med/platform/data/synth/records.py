@@ -104,22 +104,29 @@ def _shared_sections(case: Case) -> dict[str, str]:
     }
 
 
-def outpatient_record(case: Case) -> dict:
-    """The clinic visit record, as a JSONL row (raw: full identity in header and text)."""
+def _header(case: Case, record_type: str) -> dict:
+    """Who, where and which studies: the identifying fields an EHR export carries."""
     ident = case.identity
     return {
-        "record_id": f"OP-{ident.accession_xray}",
-        "record_type": "outpatient",
+        "record_id": f"{'OP' if record_type == 'outpatient' else 'IP'}-{ident.accession_xray}",
+        "record_type": record_type,
         "patient_id": ident.mrn,
         "patient_name": ident.full_name,
         "birth_date": ident.birth_date.isoformat(),
         "sex": case.sex,
         "address": ident.address,
         "phone": ident.phone,
-        "visit_date": case.visit_date.isoformat(),
         "institution": ident.institution,
         "physician": f"Dr. {ident.attending}",
         "accession_numbers": [ident.accession_xray] + ([ident.accession_ct] if case.has_ct else []),
+    }
+
+
+def outpatient_record(case: Case) -> dict:
+    """The clinic visit record, as a JSONL row (raw: full identity in header and text)."""
+    return {
+        **_header(case, "outpatient"),
+        "visit_date": case.visit_date.isoformat(),
         "sections": {
             "chief_complaint": f"{case.symptoms[0].capitalize()} for {case.symptom_days} days.",
             **_shared_sections(case),
@@ -144,19 +151,9 @@ def inpatient_record(case: Case) -> dict:
         reasons.append("markedly raised inflammatory markers")
     reason = ", ".join(reasons) or "poor oral intake and increased work of breathing"
     return {
-        "record_id": f"IP-{ident.accession_xray}",
-        "record_type": "inpatient",
-        "patient_id": ident.mrn,
-        "patient_name": ident.full_name,
-        "birth_date": ident.birth_date.isoformat(),
-        "sex": case.sex,
-        "address": ident.address,
-        "phone": ident.phone,
+        **_header(case, "inpatient"),
         "admission_date": case.visit_date.isoformat(),
         "discharge_date": discharge.isoformat(),
-        "institution": ident.institution,
-        "physician": f"Dr. {ident.attending}",
-        "accession_numbers": [ident.accession_xray] + ([ident.accession_ct] if case.has_ct else []),
         "sections": {
             "reason_for_admission": reason.capitalize() + ".",
             **_shared_sections(case),

@@ -46,15 +46,15 @@ def render_xray(
     body = soft_ellipse(x / layout.body_half_width, (y - 0.52) / 0.62, edge=0.05)
     shoulders = soft_ellipse(x / (layout.body_half_width + 0.06), (y - 0.1) / 0.12, edge=0.2)
     att += 0.5 * np.maximum(body, shoulders)
-    att[y.ravel() > layout.base_y - 0.01, :] += 0.1 * body[y.ravel() > layout.base_y - 0.01, :]
+    att += 0.1 * (y > layout.base_y - 0.01) * body  # abdomen below the diaphragm
     lung_density = 0.14 if hyper else 0.2
     att = np.where(any_lung, lung_density + 0.04 * smooth_noise(rng, shape, 24), att)
-    # Lung markings: vessels fan out from the hila, denser centrally.
-    hilum_dist = np.minimum(np.abs(x - layout.lung_x[0]), np.abs(x - layout.lung_x[1]))
-    att += any_lung * 0.05 * np.clip(1 - hilum_dist / layout.lung_half_width, 0, 1)
-    att += 0.12 * (np.abs(x - layout.heart_x * 0.3) < 0.05) * (y > 0.05) * body  # mediastinum
+    midline = np.abs(x - layout.midline_x)
+    # Vascular markings fan out from the hila: the lungs are denser medially.
+    att += any_lung * 0.05 * np.clip(1.3 - midline / (2 * layout.lung_half_width), 0, 1)
+    att += 0.12 * (midline < 0.05) * (y > 0.05) * body  # mediastinum
     att = np.where(heart_mask_2d(layout, x, y), np.maximum(att, 0.58), att)
-    att += 0.1 * (np.abs(x - layout.heart_x * 0.3) < 0.025) * body  # spine
+    att += 0.1 * (midline < 0.025) * body  # spine
     att += _ribs(layout, x, y) * body
     for finding in findings:
         att += _finding_density(layout, finding, x, y, lungs, rng)
@@ -67,9 +67,9 @@ def render_xray(
 def _ribs(layout: ChestLayout, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Posterior rib arcs: thin dense bands curving down and outwards."""
     spacing = (layout.base_y - layout.apex_y) / 8.5
-    curve = y - 1.2 * (x - layout.heart_x * 0.3) ** 2
+    curve = y - 1.2 * (x - layout.midline_x) ** 2
     phase = ((curve - layout.apex_y) / spacing) % 1.0
-    band = (phase < 0.22) & (np.abs(x) > 0.035) & (curve > layout.apex_y - 0.02)
+    band = (phase < 0.22) & (np.abs(x - layout.midline_x) > 0.035) & (curve > layout.apex_y - 0.02)
     return 0.07 * band.astype(np.float32)
 
 
