@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--baseline-patients", type=int, default=100)
     args = parser.parse_args()
-    workers = os.cpu_count() or 1
+    workers = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="p2med-bench-synth-") as root:
         base_s = run(args.baseline_patients, 1, root)
         full_s = run(args.patients, workers, root)

@@ -74,6 +74,16 @@ def bucket(s3_endpoint) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray on this machine's 2 cores, shared by the session's tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(params=["local", "s3"])
 def location_uri(request, tmp_path) -> tuple[str, StorageConfig | None]:
     """The same test on local disk and on the local S3 server: (URI, storage config)."""

@@ -2,7 +2,7 @@
 
 Every job's config is a `Config` subclass whose fields carry a type, a default and a
 docstring. A wrong key or value fails here, at load time, with the key's dotted name,
-never deep inside a Ray worker.
+never deep inside a Ray worker. Validation is strict: `patients=true` is an error, not 1.
 
     cfg = load_config(SynthJobConfig, "synth/small.yaml", ["patients=50", "storage.region=eu-west-1"])
 """
@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
@@ -30,30 +31,63 @@ class Config(BaseModel):
     """Base of every config: unknown keys are errors; attribute docstrings describe fields."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True, validate_default=True
     )
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, Any]:
-    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are parsed as YAML scalars."""
+def parse_overrides(tokens: list[str], cls: type[BaseModel] | None = None) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`.
+
+    Values are parsed as YAML scalars (numbers, booleans, lists), except for keys of `cls`
+    that hold text: there the value stays as typed, so `out=123` is the folder "123".
+    An empty value means None.
+    """
     tree: dict[str, Any] = {}
     for token in tokens:
         key, sep, raw = token.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
+        parts = key.split(".")
+        if not sep or not key or any(not part for part in parts):
             raise ConfigError(f"override {token!r} is not of the form key=value (e.g. seed=3)")
-        try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            value = raw  # not valid YAML: keep the text and let the field's type decide
+        if not raw:
+            value = None
+        elif cls is not None and _holds_text(field_annotation(cls, parts)):
+            value = raw
+        else:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw  # not valid YAML: keep the text and let the field's type decide
         node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
+        for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"override {token!r} conflicts with an earlier '{part}=...'")
             node = child
-        node[leaf] = value
+        node[parts[-1]] = value
     return tree
+
+
+def field_annotation(cls: type[BaseModel], parts: list[str]) -> Any:
+    """The type of the field at a dotted path, or None where the path names no field."""
+    annotation: Any = cls
+    for part in parts:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        field = annotation.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+    return annotation
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _holds_text(annotation: Any) -> bool:
+    return any(a in (str, SecretStr) for a in _union_members(annotation))
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +104,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def find_config_file(name: str) -> Path:
     """A config path as given, else relative to the packaged `p2med/jobs/configs/`."""
     given = Path(name).expanduser()
+    if given.is_dir():
+        raise ConfigError(f"config file {name!r} is a folder; give a YAML file")
     if given.is_file():
         return given
     packaged = Path(str(resources.files(PACKAGED_CONFIGS).joinpath("configs", name)))
@@ -88,6 +124,10 @@ def read_config_file(name: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {name}{where} is not valid YAML") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {name} cannot be read: {exc.strerror or exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -98,7 +138,7 @@ def read_config_file(name: str) -> dict[str, Any]:
 def load_config(cls: type[C], file: str | None = None, overrides: list[str] | None = None) -> C:
     """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`."""
     data = read_config_file(file) if file else {}
-    data = merge(data, parse_overrides(overrides or []))
+    data = merge(data, parse_overrides(overrides or [], cls))
     return validate(cls, data)
 
 
@@ -112,7 +152,8 @@ def validate(cls: type[C], data: dict[str, Any]) -> C:
 
 def _describe(cls: type[Config], exc: ValidationError) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    parts = [str(p) for p in err["loc"]]
+    key = ".".join(parts)
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         known = [k for k, *_ in describe_fields(cls)]
@@ -120,12 +161,14 @@ def _describe(cls: type[Config], exc: ValidationError) -> str:
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"unknown config key '{key}'{hint}{more}"
     value = err.get("input")
-    shown = "" if isinstance(value, dict | SecretStr) else f" (got {value!r})"
+    secret = SecretStr in _union_members(field_annotation(cls, parts))
+    shown = "" if secret or isinstance(value, dict) else f" (got {value!r})"
     return f"config key '{key}': {err['msg']}{shown}{more}"
 
 
 def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) for every leaf field, nested configs expanded."""
+    """(dotted key, type and bounds, default, description) for every leaf field, nested
+    configs expanded."""
     rows = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
@@ -135,8 +178,21 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, s
             continue
         default = field.get_default(call_default_factory=True)
         shown = "(secret)" if isinstance(default, SecretStr) else repr(default)
-        rows.append((key, _type_name(annotation), shown, field.description or ""))
+        kind = ", ".join([_type_name(annotation), *_bounds(field.metadata)])
+        rows.append((key, kind, shown, field.description or ""))
     return rows
+
+
+def _bounds(metadata: list[Any]) -> list[str]:
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    out = []
+    for item in metadata:
+        if isinstance(
+            item, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le
+        ):
+            name = type(item).__name__.lower()
+            out.append(f"{symbols[name]} {getattr(item, name)}")
+    return out
 
 
 def _type_name(annotation: Any) -> str:

@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import fsspec
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from p2med.platform.config import Config
 from p2med.platform.errors import StorageError
@@ -45,9 +45,9 @@ class StorageConfig(Config):
     """Session token for temporary credentials; unset: $AWS_SESSION_TOKEN."""
     anonymous: bool = False
     """Access public buckets without credentials."""
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = Field(5.0, gt=0)
     """Seconds to wait for a connection before reporting the endpoint unreachable."""
-    max_attempts: int = 3
+    max_attempts: int = Field(3, ge=1)
     """Attempts per S3 request before giving up (retries transient errors)."""
 
     def resolved(self) -> StorageConfig:
@@ -75,6 +75,13 @@ class StorageConfig(Config):
 
 def _reveal(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @functools.lru_cache(maxsize=16)
@@ -162,31 +169,46 @@ class Location:
 
     @contextlib.contextmanager
     def open(self, mode: str = "rb") -> Iterator[IO[Any]]:
-        """A file object; writing to local disk goes through a temporary file, so readers
-        never see a half-written file under the final name."""
+        """A file object for reading (`rb`, `r`) or writing (`wb`, `w`).
+
+        A write lands under the final name only when the block ends without an error, so
+        readers never see a half-written file: local files go through a temporary file in
+        the same folder, S3 objects through a local spool uploaded at the end. Storage
+        failures raise `StorageError`; errors of the caller's own code pass through.
+        """
         if "r" in mode:
-            with self._errors("read"), self.fs.open(self.path, mode) as f:
+            with self._errors("read"):
+                f = self.fs.open(self.path, mode)
+            with f:
                 yield f
-            return
-        if self.is_s3:  # an S3 object appears whole when the upload completes
-            with self._errors("write"), self.fs.open(self.path, mode) as f:
-                yield f
-            return
-        with self._errors("write"):
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, mode) as f:
-                yield f
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        elif self.is_s3:
+            with tempfile.NamedTemporaryFile(mode, prefix="p2med-upload-") as spool:
+                yield spool
+                spool.flush()
+                with self._errors("write"):
+                    self.fs.put_file(spool.name, self.path)
+        else:
+            with self._errors("write"):
+                folder = os.path.dirname(self.path)
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private (0600)
+            try:
+                with os.fdopen(fd, mode) as f:
+                    yield f
+                with self._errors("write"):
+                    os.replace(tmp, self.path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     # --- writes ------------------------------------------------------------------------
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file at once; readers see the old file or the new one."""
+        if self.is_s3:  # one PUT: the object appears whole or not at all
+            with self._errors("write"):
+                self.fs.pipe_file(self.path, data)
+            return
         with self.open("wb") as f:
             f.write(data)
 
@@ -258,7 +280,11 @@ def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
         path = f"{parsed.netloc}/{key}" if key else parsed.netloc
         return Location(uri=f"s3://{path}", path=path, fs=_s3_filesystem(storage), storage=storage)
     if parsed.scheme == "file":
-        local = parsed.path
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(
+                f"location {uri!r} names host '{parsed.netloc}'; a file URI is file:///absolute/path"
+            )
+        local = unquote(parsed.path)
     elif parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
         raise StorageError(
             f"location {uri!r} has unsupported scheme '{parsed.scheme}://'; "
@@ -276,8 +302,11 @@ def check_writable(loc: Location) -> None:
     if not loc.is_s3 and os.path.exists(loc.path) and not os.path.isdir(loc.path):
         raise StorageError(f"cannot write to {loc.uri}: it is a file, not a folder")
     probe = loc.join(".p2med-write-probe")
-    probe.write_bytes(b"")
-    probe.remove()
+    with loc._errors("write"):  # name the location the user gave, not the probe
+        if not loc.is_s3:
+            os.makedirs(loc.path, exist_ok=True)
+        probe.fs.pipe_file(probe.path, b"")
+        probe.fs.rm(probe.path)
 
 
 def describe_storage_error(exc: BaseException, action: str, loc: Location) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from p2med.platform.config import Config, describe_fields, load_config, parse_overrides
 from p2med.platform.errors import ConfigError
@@ -17,6 +17,8 @@ class Inner(Config):
 class Outer(Config):
     name: str = "x"
     """A name."""
+    password: SecretStr | None = None
+    """A secret."""
     count: int = Field(3, gt=0)
     """How many."""
     inner: Inner = Inner()
@@ -51,6 +53,27 @@ def test_unknown_key_suggests_the_close_one():
         load_config(Outer, None, ["inner.rat=1"])
 
 
+def test_text_fields_keep_what_was_typed():
+    cfg = load_config(Outer, None, ["name=123", "password=007"])
+    assert cfg.name == "123" and cfg.password.get_secret_value() == "007"
+    assert load_config(Outer, None, ["name=yes"]).name == "yes"
+
+
+def test_no_silent_coercion():
+    with pytest.raises(ConfigError, match=r"config key 'count': .*integer.*\(got True\)"):
+        load_config(Outer, None, ["count=true"])
+    with pytest.raises(ConfigError, match=r"config key 'inner\.rate': .*number"):
+        load_config(Outer, None, ["inner.rate=fast"])
+
+
+def test_secrets_stay_out_of_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("password: 12345\n")  # YAML reads a number: wrong type, but never echoed
+    with pytest.raises(ConfigError, match="config key 'password'") as err:
+        load_config(Outer, str(path))
+    assert "12345" not in str(err.value)
+
+
 def test_wrong_type_and_bad_value_name_the_key():
     with pytest.raises(ConfigError, match=r"config key 'count': .*integer.*\(got 'many'\)"):
         load_config(Outer, None, ["count=many"])
@@ -65,6 +88,12 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(Outer, str(bad))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00name")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(Outer, str(binary))
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file"):
+        load_config(Outer, str(tmp_path))
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
@@ -73,7 +102,8 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_describe_fields_expands_nested_configs():
     rows = {key: (typ, default, doc) for key, typ, default, doc in describe_fields(Outer)}
-    assert rows["count"] == ("int", "3", "How many.")
+    assert rows["count"] == ("int, > 0", "3", "How many.")
+    assert rows["password"] == ("SecretStr | None", "None", "A secret.")
     assert rows["inner.rate"] == ("float", "0.5", "A rate.")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -40,9 +43,30 @@ def test_arrow_filesystem_reads_what_storage_wrote(location_uri):
     assert back.equals(table)
 
 
+def test_failed_writes_leave_nothing_behind(location_uri):
+    uri, storage = location_uri
+    target = resolve(uri, storage).join("half.bin")
+    with pytest.raises(RuntimeError, match="caller failed"), target.open("wb") as f:
+        f.write(b"partial")
+        raise RuntimeError("caller failed")  # not a storage error: it passes through
+    assert not target.exists()
+    assert resolve(uri, storage).list_files() == []
+
+
+def test_local_files_are_as_readable_as_the_umask_allows(tmp_path):
+    target = resolve(str(tmp_path / "f.txt"))
+    target.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(target.path).st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
 def test_uri_forms(tmp_path):
     assert resolve(str(tmp_path)).uri == str(tmp_path)
     assert resolve(f"file://{tmp_path}").uri == str(tmp_path)
+    assert resolve("file:///tmp/with%20space").uri == "/tmp/with space"
+    with pytest.raises(StorageError, match="names host 'data'"):
+        resolve("file://data/raw")
     assert resolve("s3://bucket/a/b/").uri == "s3://bucket/a/b"
     assert resolve("s3://bucket").join("x", "y.txt").uri == "s3://bucket/x/y.txt"
     with pytest.raises(StorageError, match="unsupported scheme 'gs://'"):
@@ -88,10 +112,18 @@ def test_unwritable_local_locations(tmp_path):
         check_writable(resolve(str(a_file)))
     with pytest.raises(StorageError, match="a parent of it is a file"):
         check_writable(resolve(str(a_file / "below")))
-    with pytest.raises(StorageError, match=r"cannot write /proc/p2med"):
+    with pytest.raises(StorageError, match=r"cannot write /proc/p2med: "):
         check_writable(resolve("/proc/p2med"))
 
 
 def test_secrets_stay_out_of_reprs():
     storage = StorageConfig(secret_access_key="very-secret").resolved()
     assert "very-secret" not in repr(storage) and "very-secret" not in str(resolve("s3://b", storage))
+
+
+def test_ray_data_reads_and_writes_through_the_arrow_filesystem(location_uri, ray_local):
+    uri, storage = location_uri
+    out = resolve(uri, storage).join("ds")
+    ray_local.data.range(20).write_parquet(out.arrow_path(), filesystem=out.arrow_filesystem())
+    back = ray_local.data.read_parquet(out.arrow_path(), filesystem=out.arrow_filesystem())
+    assert sorted(r["id"] for r in back.take_all()) == list(range(20))

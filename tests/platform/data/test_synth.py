@@ -21,7 +21,7 @@ from p2med.platform.data.synth import SynthConfig, generate
 from p2med.platform.data.synth.anatomy import LOBE_BANDS, lobe_mask_2d
 from p2med.platform.data.synth.ct import lobe_mask_3d, lung_masks, volume_grid
 from p2med.platform.data.synth.dicom import uid
-from p2med.platform.data.synth.generator import patient_case, patient_layout
+from p2med.platform.data.synth.generator import dataset_key, patient_case, patient_layout
 from p2med.platform.data.synth.xray import image_grid
 from p2med.platform.data.vocabulary import LOBES
 from p2med.platform.errors import P2MedError
@@ -42,12 +42,12 @@ def all_files(root: Path) -> dict[str, bytes]:
 
 
 def xray_path(root: Path, index: int) -> Path:
-    return root / "dicom/xray" / f"{uid(SMALL.seed, index, 'xray-image')}.dcm"
+    return root / "dicom/xray" / f"{uid(dataset_key(SMALL), index, 'xray-image')}.dcm"
 
 
 def ct_volume(root: Path, index: int) -> np.ndarray:
     """(slices, rows, cols) in HU, inferior first, sorted by position along the normal."""
-    folder = root / "dicom/ct" / uid(SMALL.seed, index, "ct-series")
+    folder = root / "dicom/ct" / uid(dataset_key(SMALL), index, "ct-series")
     slices = [pydicom.dcmread(p) for p in folder.glob("*.dcm")]
     slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
     return np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
@@ -57,6 +57,24 @@ def test_same_seed_same_bytes_whatever_the_worker_count(dataset, tmp_path):
     again = tmp_path / "again"
     generate(SMALL.model_copy(update={"workers": 2}), resolve(str(again)), progress=False)
     assert all_files(again) == all_files(dataset)
+
+
+def test_a_larger_set_extends_a_smaller_one(dataset, tmp_path):
+    fewer = tmp_path / "fewer"
+    generate(SMALL.model_copy(update={"patients": 5}), resolve(str(fewer)), progress=False)
+    small, big = all_files(fewer), all_files(dataset)
+    dicoms = [name for name in small if name.endswith(".dcm")]
+    assert dicoms and all(small[name] == big[name] for name in dicoms)
+
+
+def test_patient_ids_are_unique():
+    ids = [patient_case(SMALL, i).identity for i in range(3000)]
+    assert len({i.mrn for i in ids}) == len({i.accession_xray for i in ids}) == 3000
+
+
+def test_other_settings_other_uids():
+    assert dataset_key(SMALL) != dataset_key(SMALL.model_copy(update={"xray_size": 200}))
+    assert dataset_key(SMALL) == dataset_key(SMALL.model_copy(update={"patients": 99, "workers": 2}))
 
 
 def test_other_seed_other_data(dataset, tmp_path):
@@ -85,6 +103,9 @@ def test_xrays_are_valid_dicom(dataset):
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsAllocated == 16
         assert len(ds.PixelSpacing) == 2 and float(ds.WindowWidth) > 0
+        if ds.Modality == "DX":
+            assert ds.PixelIntensityRelationship == "LIN" and ds.ImageLaterality == "U"
+            assert ds.PresentationIntentType == "FOR PRESENTATION" and "AcquisitionContextSequence" in ds
         for value in (ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID):
             assert UID(value).is_valid
         pixels = ds.pixel_array
@@ -97,7 +118,7 @@ def test_ct_series_geometry_and_hounsfield_units(dataset):
     with_ct = [c for c in cases if c.has_ct]
     assert with_ct, "the small set must hold CT series"
     for case in with_ct:
-        folder = dataset / "dicom/ct" / uid(SMALL.seed, case.index, "ct-series")
+        folder = dataset / "dicom/ct" / uid(dataset_key(SMALL), case.index, "ct-series")
         slices = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
         assert len(slices) == SMALL.ct_slices
         assert {ds.SeriesInstanceUID for ds in slices} == {folder.name}
@@ -117,7 +138,7 @@ def test_ct_series_geometry_and_hounsfield_units(dataset):
 
 def test_monai_loads_a_series_as_one_volume_with_consistent_geometry(dataset):
     case = next(c for c in (patient_case(SMALL, i) for i in range(SMALL.patients)) if c.has_ct)
-    folder = dataset / "dicom/ct" / uid(SMALL.seed, case.index, "ct-series")
+    folder = dataset / "dicom/ct" / uid(dataset_key(SMALL), case.index, "ct-series")
     image = LoadImage(reader="PydicomReader", image_only=True)(str(folder))
     assert tuple(image.shape) == (SMALL.ct_size, SMALL.ct_size, SMALL.ct_slices)
     ours = ct_volume(dataset, case.index)  # (S, rows, cols), inferior first
@@ -167,7 +188,7 @@ def test_xray_pixels_show_the_stated_lobe(tmp_path):
     root = tmp_path / "raw"
     checked = 0
     for case, focal in cases_with_focal_findings(config, root):
-        path = root / "dicom/xray" / f"{uid(config.seed, case.index, 'xray-image')}.dcm"
+        path = root / "dicom/xray" / f"{uid(dataset_key(config), case.index, 'xray-image')}.dcm"
         pixels = pydicom.dcmread(path).pixel_array
         layout = patient_layout(config, case)
         x, y = image_grid(*pixels.shape)
@@ -184,7 +205,7 @@ def test_ct_voxels_show_the_stated_lobe(tmp_path):
     root = tmp_path / "raw"
     checked = 0
     for case, focal in cases_with_focal_findings(config, root):
-        folder = root / "dicom/ct" / uid(config.seed, case.index, "ct-series")
+        folder = root / "dicom/ct" / uid(dataset_key(config), case.index, "ct-series")
         slices = sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.SliceLocation))
         hu = np.stack([ds.pixel_array - 1024.0 for ds in slices])
         layout = patient_layout(config, case)

@@ -31,10 +31,15 @@ ADULT_GIVEN = ["Anna", "David", "Maria", "James", "Sarah", "Michael", "Elena", "
 STREETS = ["Maple Avenue", "Station Road", "Harbor Street", "Elm Close", "Garden Lane",
            "Mill Road", "Park Crescent", "Willow Way", "Church Street", "River Drive"]
 CITIES = ["Springfield", "Riverton", "Lakeside", "Oakridge", "Fairview", "Brookfield"]
-INSTITUTIONS = ["St. Mary's Children's Hospital", "Riverton Pediatric Center",
-                "Lakeside University Children's Hospital", "Oakridge General Hospital"]
+# Institution -> its address (fake, but identifying all the same).
+INSTITUTIONS = {
+    "St. Mary's Children's Hospital": "12 Cathedral Square, Springfield",
+    "Riverton Pediatric Center": "400 Harbor Street, Riverton",
+    "Lakeside University Children's Hospital": "1 University Avenue, Lakeside",
+    "Oakridge General Hospital": "88 Hospital Road, Oakridge",
+}
 
-# Diagnosis -> (age range in days, weight of each lobe for focal findings).
+# Diagnosis -> age range in days (bronchiolitis is a disease of infants, Mycoplasma of school age).
 AGE_RANGE_DAYS = {
     "normal": (30, 14 * 365),
     "bacterial_pneumonia": (60, 14 * 365),
@@ -56,6 +61,7 @@ class Identity:
     address: str
     phone: str
     institution: str
+    institution_address: str
     attending: str
     referring_physician: str
     radiologist: str
@@ -112,6 +118,13 @@ class Case:
     def age_years(self) -> float:
         return self.age_days / 365.25
 
+    @property
+    def age_phrase(self) -> str:
+        """As a clinician writes it: '7-month-old' under two years, else '4-year-old'."""
+        if self.age_days < 730:
+            return f"{self.age_days // 30}-month-old"
+        return f"{int(self.age_years)}-year-old"
+
 
 def make_case(seed: int, index: int, prevalence: dict[str, float], ct_fraction: float) -> Case:
     """The patient number `index` of the data set generated with `seed`."""
@@ -131,7 +144,7 @@ def make_case(seed: int, index: int, prevalence: dict[str, float], ct_fraction: 
     visit_date = REFERENCE_DATE - dt.timedelta(days=int(rng.integers(0, 730)))
     return Case(
         index=index,
-        identity=_identity(sex, age_days, visit_date, rng),
+        identity=_identity(seed, index, sex, age_days, visit_date, rng),
         sex=sex,
         age_days=age_days,
         weight_kg=round(weight, 1),
@@ -251,7 +264,15 @@ def _clinical_picture(diagnosis: Diagnosis, age_days: int, rng: np.random.Genera
     return vitals, labs, (p.symptoms[0], *others), int(rng.integers(*p.symptom_days))
 
 
-def _identity(sex: str, age_days: int, visit: dt.date, rng: np.random.Generator) -> Identity:
+def _unique_number(seed: int, index: int, stream: int) -> int:
+    """An 8-digit number that looks random but is unique per patient within a data set:
+    `index -> (a * index + b) mod 10^8` is one-to-one because `a` is coprime to 10^8."""
+    multiplier = (7_919_251, 3_141_593)[stream]
+    offset = int(np.random.default_rng([seed, 0xC0DE, stream]).integers(10**8))
+    return (multiplier * index + offset) % 10**8
+
+
+def _identity(seed: int, index: int, sex: str, age_days: int, visit: dt.date, rng: np.random.Generator) -> Identity:
     def pick(options: list[str]) -> str:
         return options[int(rng.integers(len(options)))]
 
@@ -259,19 +280,21 @@ def _identity(sex: str, age_days: int, visit: dt.date, rng: np.random.Generator)
         return f"{pick(ADULT_GIVEN)} {pick(FAMILY_NAMES)}"
 
     family = pick(FAMILY_NAMES)
-    digits = rng.integers(0, 10, size=16)
+    accession = _unique_number(seed, index, 1)
+    institution = pick(list(INSTITUTIONS))
     return Identity(
         given_name=pick(GIVEN_NAMES[sex]),
         family_name=family,
-        mrn="MRN" + "".join(map(str, digits[:8])),
+        mrn=f"MRN{_unique_number(seed, index, 0):08d}",
         birth_date=visit - dt.timedelta(days=age_days),
         guardian_name=f"{pick(ADULT_GIVEN)} {family}",
         address=f"{int(rng.integers(1, 400))} {pick(STREETS)}, {pick(CITIES)}",
         phone=f"555-{int(rng.integers(100, 1000))}-{int(rng.integers(1000, 10000))}",
-        institution=pick(INSTITUTIONS),
+        institution=institution,
+        institution_address=INSTITUTIONS[institution],
         attending=physician(),
         referring_physician=physician(),
         radiologist=physician(),
-        accession_xray="ACC" + "".join(map(str, digits[8:])) + "X",
-        accession_ct="ACC" + "".join(map(str, digits[8:])) + "C",
+        accession_xray=f"ACC{accession:08d}X",
+        accession_ct=f"ACC{accession:08d}C",
     )

@@ -28,26 +28,30 @@ def volume_grid(slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return z[:, None, None], xy[None, :, None], xy[None, None, :]
 
 
-def lung_depth(layout: ChestLayout, z: np.ndarray, hyper: bool) -> np.ndarray:
+def lung_depth(z: np.ndarray, hyper: bool) -> np.ndarray:
     """`t` of each slice: 0 at the lung apex, 1 at the base (beyond: outside the lungs)."""
     bottom = LUNG_BOTTOM - (0.06 if hyper else 0.0)
     return (LUNG_TOP - z) / (LUNG_TOP - bottom)
 
 
-def heart_mask(layout: ChestLayout, z, y, x, hyper: bool) -> np.ndarray:
-    """The heart: an ellipsoid low in the chest, left of the midline. (S, N, N) bool."""
-    t = lung_depth(layout, z, hyper)
+def heart_mask(layout: ChestLayout, z: np.ndarray, y: np.ndarray, x: np.ndarray, hyper: bool) -> np.ndarray:
+    """The heart: an ellipsoid low in the chest, left of the midline. Grid axes as from
+    `volume_grid`; returns (S, N, N) bool."""
+    t = lung_depth(z, hyper)
     return ((x - layout.heart_x * 0.6) / 0.13) ** 2 + ((y + 0.06) / 0.11) ** 2 + ((t - 0.8) / 0.28) ** 2 <= 1
 
 
-def spine_mask(y, x) -> np.ndarray:
+def spine_mask(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A vertebral body behind the heart, on every slice. Returns (1, N, N) bool."""
     return (x / 0.045) ** 2 + ((y - 0.22) / 0.045) ** 2 <= 1
 
 
-def lung_masks(layout: ChestLayout, z, y, x, hyper: bool) -> dict[str, np.ndarray]:
+def lung_masks(
+    layout: ChestLayout, z: np.ndarray, y: np.ndarray, x: np.ndarray, hyper: bool
+) -> dict[str, np.ndarray]:
     """Each lung as a solid that narrows towards the apex, less the heart and spine.
     (S, N, N) bool per side."""
-    t = lung_depth(layout, z, hyper)
+    t = lung_depth(z, hyper)
     inside = (t >= 0) & (t <= 1) & ~heart_mask(layout, z, y, x, hyper) & ~spine_mask(y, x)
     scale = 0.45 + 0.55 * np.sin(np.pi / 2 * np.clip(t / 0.7, 0, 1))
     masks = {}
@@ -58,11 +62,19 @@ def lung_masks(layout: ChestLayout, z, y, x, hyper: bool) -> dict[str, np.ndarra
     return masks
 
 
-def lobe_mask_3d(layout: ChestLayout, z, y, x, lungs: dict[str, np.ndarray], lobe: str, hyper: bool):
+def lobe_mask_3d(
+    layout: ChestLayout,
+    z: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    lungs: dict[str, np.ndarray],
+    lobe: str,
+    hyper: bool,
+) -> np.ndarray:
     """Voxels of `lobe`: its apex-to-base band of the lung; the middle lobe is anterior and
-    the lower lobes take the posterior part of the band above them."""
+    the right lower lobe takes the posterior part of the band above it. (S, N, N) bool."""
     side = "right" if lobe.startswith("right") else "left"
-    t = lung_depth(layout, z, hyper)
+    t = lung_depth(z, hyper)
     lo, hi = LOBE_BANDS[lobe]
     band = (t >= lo) & (t < hi)
     if lobe == "right_middle":
@@ -90,7 +102,7 @@ def render_ct(
     any_lung = lungs["right"] | lungs["left"]
     lung_hu = -905.0 if hyper else HU_LUNG
     vol = np.where(any_lung, lung_hu + rng.normal(0, 25, size=shape).astype(np.float32), vol)
-    t = lung_depth(layout, z, hyper)
+    t = lung_depth(z, hyper)
     vol = np.where(heart_mask(layout, z, y, x, hyper), HU_SOFT, vol)
     vol = np.where(spine_mask(y, x), HU_BONE, vol)
     vol = np.where((t > 1) & (body <= 0.75), 60.0, vol)  # liver and spleen below the diaphragm
@@ -99,9 +111,18 @@ def render_ct(
     return vol + rng.normal(0, 12, size=shape).astype(np.float32)
 
 
-def _draw_finding(vol, layout, finding: Finding, grid, lungs, hyper: bool, rng) -> np.ndarray:
+def _draw_finding(
+    vol: np.ndarray,
+    layout: ChestLayout,
+    finding: Finding,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lungs: dict[str, np.ndarray],
+    hyper: bool,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`vol` (S, N, N) HU with `finding` drawn in; `grid` is `volume_grid`'s (z, y, x)."""
     z, y, x = grid
-    t = lung_depth(layout, z, hyper)
+    t = lung_depth(z, hyper)
     if finding.lobe is not None:
         lobe = lobe_mask_3d(layout, z, y, x, lungs, finding.lobe, hyper)
         lo, hi = LOBE_BANDS[finding.lobe]

@@ -2,7 +2,8 @@
 
 Headers carry the fake identity on purpose (names, IDs, birth date, institution,
 accession numbers, physicians, dates, a private tag with the MRN), so that ingest has real
-work to de-identify. UIDs derive from (seed, patient, role): same seed, same bytes.
+work to de-identify. UIDs derive from (data set key, patient, role): the same config gives
+the same bytes, and two data sets made with different configs share no UID.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ MANUFACTURER = "P2Med Synthetic"
 PRIVATE_CREATOR = "P2MED SYNTH 1.0"
 
 
-def uid(seed: int, index: int, role: str) -> str:
-    """A valid DICOM UID that is the same for the same (seed, patient, role)."""
-    return generate_uid(entropy_srcs=["p2med-synth", str(seed), str(index), role])
+def uid(dataset_key: str, index: int, role: str) -> str:
+    """A valid DICOM UID that is the same for the same (data set, patient, role)."""
+    return generate_uid(entropy_srcs=["p2med-synth", dataset_key, str(index), role])
 
 
 def _date(d: dt.date) -> str:
@@ -54,8 +55,9 @@ def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) ->
     ds.PatientSex = case.sex
     ds.PatientAge = _age_string(case.age_days)
     ds.PatientWeight = f"{case.weight_kg:.1f}"
-    ds.OtherPatientNames = ident.guardian_name.replace(" ", "^")
     ds.PatientAddress = ident.address
+    ds.ResponsiblePerson = ident.guardian_name.replace(" ", "^")
+    ds.ResponsiblePersonRole = "PARENT"
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _date(case.visit_date)
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
@@ -63,8 +65,7 @@ def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) ->
     ds.StudyID = accession[-6:]
     ds.ReferringPhysicianName = ident.referring_physician.replace(" ", "^")
     ds.InstitutionName = ident.institution
-    ds.InstitutionAddress = "1 Hospital Road, " + ident.address.rsplit(", ", 1)[-1]
-    ds.StationName = "XR-ROOM-2"
+    ds.InstitutionAddress = ident.institution_address
     ds.OperatorsName = ident.attending.split(" ")[-1] + "^Tech"
     ds.Manufacturer = MANUFACTURER
     ds.BodyPartExamined = "CHEST"
@@ -99,20 +100,25 @@ def _monochrome(ds: Dataset, pixels: np.ndarray, bits_stored: int) -> None:
 
 @dataclass(frozen=True)
 class XrayFile:
+    """A radiograph ready to store: its identifiers and the DICOM file's bytes."""
+
     sop_instance_uid: str
     study_instance_uid: str
     modality: str
     data: bytes
 
 
-def xray_file(case: Case, seed: int, pixels: np.ndarray, pixel_spacing_mm: float, modality: str) -> XrayFile:
+def xray_file(
+    case: Case, dataset_key: str, pixels: np.ndarray, pixel_spacing_mm: float, modality: str
+) -> XrayFile:
     """A frontal chest radiograph. `pixels`: (rows, cols) uint16, 12 bits stored."""
-    study_uid = uid(seed, case.index, "xray-study")
+    study_uid = uid(dataset_key, case.index, "xray-study")
     time = f"{8 + case.index % 10:02d}{case.index * 7 % 60:02d}00"
     ds = _patient_and_study(case, study_uid, case.identity.accession_xray, time)
-    ds.SOPInstanceUID = uid(seed, case.index, "xray-image")
-    ds.SeriesInstanceUID = uid(seed, case.index, "xray-series")
+    ds.SOPInstanceUID = uid(dataset_key, case.index, "xray-image")
+    ds.SeriesInstanceUID = uid(dataset_key, case.index, "xray-series")
     ds.Modality = modality
+    ds.StationName = "XR-ROOM-2"
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.StudyDescription = "XR CHEST 1 VIEW"
@@ -123,10 +129,14 @@ def xray_file(case: Case, seed: int, pixels: np.ndarray, pixel_spacing_mm: float
     ds.PatientOrientation = ["L", "F"]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PixelSpacing = [f"{pixel_spacing_mm:.4f}"] * 2
-    if modality == "DX":
+    if modality == "DX":  # the DX Image module's required attributes
         ds.ImagerPixelSpacing = ds.PixelSpacing
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.DetectorType = "SCINTILLATOR"
+        ds.PixelIntensityRelationship = "LIN"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.ImageLaterality = "U"
+        ds.AcquisitionContextSequence = []
     ds.PresentationLUTShape = "IDENTITY"
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
@@ -141,27 +151,32 @@ def xray_file(case: Case, seed: int, pixels: np.ndarray, pixel_spacing_mm: float
 
 @dataclass(frozen=True)
 class CtSeries:
+    """A CT series ready to store: its identifiers and one DICOM file per slice."""
+
     series_instance_uid: str
     study_instance_uid: str
     files: list[tuple[str, bytes]]  # (SOPInstanceUID, file bytes), inferior slice first
 
 
 def ct_series(
-    case: Case, seed: int, volume_hu: np.ndarray, pixel_spacing_mm: float, slice_thickness_mm: float
+    case: Case, dataset_key: str, volume_hu: np.ndarray, pixel_spacing_mm: float, slice_thickness_mm: float
 ) -> CtSeries:
     """One axial CT series, a file per slice. `volume_hu`: (slices, rows, cols) in HU,
     slice 0 inferior. Stored values are HU + 1024 (RescaleIntercept -1024)."""
     slices, rows, cols = volume_hu.shape
-    study_uid = uid(seed, case.index, "ct-study")
-    series_uid = uid(seed, case.index, "ct-series")
+    study_uid = uid(dataset_key, case.index, "ct-study")
+    series_uid = uid(dataset_key, case.index, "ct-series")
     time = f"{9 + case.index % 9:02d}{case.index * 11 % 60:02d}00"
     ds = _patient_and_study(case, study_uid, case.identity.accession_ct, time)
     ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = uid(seed, case.index, "ct-frame")
+    ds.FrameOfReferenceUID = uid(dataset_key, case.index, "ct-frame")
+    ds.PositionReferenceIndicator = ""
     ds.Modality = "CT"
+    ds.StationName = "CT-1"
+    ds.AcquisitionNumber = 1
     ds.SeriesNumber = 2
     ds.StudyDescription = "CT CHEST WITHOUT CONTRAST"
-    ds.SeriesDescription = "AXIAL 5MM" if slice_thickness_mm >= 4 else "AXIAL"
+    ds.SeriesDescription = f"AXIAL {slice_thickness_mm:.1f}MM"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.PatientPosition = "HFS"
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
@@ -181,7 +196,7 @@ def ct_series(
     files = []
     for k in range(slices):
         z = k * slice_thickness_mm
-        ds.SOPInstanceUID = uid(seed, case.index, f"ct-slice-{k}")
+        ds.SOPInstanceUID = uid(dataset_key, case.index, f"ct-slice-{k}")
         ds.InstanceNumber = slices - k  # scanners number head first; files are not in order
         ds.ImagePositionPatient = [f"{x0:.3f}", f"{y0:.3f}", f"{z:.3f}"]
         ds.SliceLocation = f"{z:.3f}"

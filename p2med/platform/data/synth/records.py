@@ -1,8 +1,9 @@
 """Outpatient and inpatient records: history, examination, labs, diagnosis and a plan
 personalised by weight, allergy, severity and test results.
 
-Nothing here states a lobe or side: the imaging section quotes the radiology
-impression, which downstream datasets treat as a target, never as an input.
+Only the `imaging` section states a lobe or side: it quotes the radiology impression.
+Downstream datasets must treat it as a target, never as an input (a text-only model
+that reads it could cheat on image-only findings); every other section is safe input.
 """
 
 from __future__ import annotations
@@ -65,19 +66,13 @@ def treatment_plan(case: Case, inpatient: bool) -> str:
     return " ".join(plan)
 
 
-def _age_phrase(case: Case) -> str:
-    if case.age_days < 730:
-        return f"{case.age_days // 30}-month-old"
-    return f"{int(case.age_years)}-year-old"
-
-
 def _shared_sections(case: Case) -> dict[str, str]:
     ident, v, lab = case.identity, case.vitals, case.labs
     child = "boy" if case.sex == "M" else "girl"
     pronoun = "He" if case.sex == "M" else "She"
     allergy = "Allergic to penicillin (rash)." if case.penicillin_allergy else "No known drug allergies."
     history = (
-        f"{ident.given_name} is a {_age_phrase(case)} {child} brought in by {ident.guardian_name} with "
+        f"{ident.given_name} is a {case.age_phrase} {child} brought in by {ident.guardian_name} with "
         f"{', '.join(case.symptoms)} for {case.symptom_days} days. {pronoun} has no chronic illness. "
         f"Immunisations are up to date. {allergy}"
     )

@@ -88,7 +88,6 @@ def report_record(case: Case, seed: int, modality: str, study_uid: str) -> dict:
     ident = case.identity
     ct = modality == "CT"
     sex = "boy" if case.sex == "M" else "girl"
-    age = f"{case.age_days // 30}-month-old" if case.age_days < 730 else f"{int(case.age_years)}-year-old"
     return {
         "report_id": f"{'CT' if ct else 'XR'}-{ident.accession_ct if ct else ident.accession_xray}",
         "patient_id": ident.mrn,
@@ -97,7 +96,7 @@ def report_record(case: Case, seed: int, modality: str, study_uid: str) -> dict:
         "modality": modality,
         "study_date": case.visit_date.isoformat(),
         "examination": "CT chest without contrast" if ct else "Chest radiograph, PA view",
-        "clinical_history": f"{age} {sex} with {', '.join(case.symptoms)}.",
+        "clinical_history": f"{case.age_phrase} {sex} with {', '.join(case.symptoms)}.",
         "findings": findings_text(case, modality, rng),
         "impression": impression_text(case),
         "radiologist": f"Dr. {ident.radiologist}",

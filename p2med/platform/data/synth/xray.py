@@ -65,7 +65,8 @@ def render_xray(
 
 
 def _ribs(layout: ChestLayout, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Posterior rib arcs: thin dense bands curving down and outwards."""
+    """Posterior rib arcs: thin dense bands curving down and outwards. x: (1, W), y: (H, 1);
+    returns (H, W) float32 extra attenuation."""
     spacing = (layout.base_y - layout.apex_y) / 8.5
     curve = y - 1.2 * (x - layout.midline_x) ** 2
     phase = ((curve - layout.apex_y) / spacing) % 1.0
