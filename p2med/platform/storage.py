@@ -158,6 +158,11 @@ class Location:
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
 
+    def is_empty(self) -> bool:
+        """True if nothing is stored at or below this location (one listing request)."""
+        with self._errors("list"):
+            return not self.fs.exists(self.path) or (self.fs.isdir(self.path) and not self.fs.ls(self.path))
+
     def list_files(self) -> list[str]:
         """Every file below this folder, as sorted paths relative to it ([] if absent)."""
         with self._errors("list"):

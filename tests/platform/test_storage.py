@@ -127,3 +127,12 @@ def test_ray_data_reads_and_writes_through_the_arrow_filesystem(location_uri, ra
     ray_local.data.range(20).write_parquet(out.arrow_path(), filesystem=out.arrow_filesystem())
     back = ray_local.data.read_parquet(out.arrow_path(), filesystem=out.arrow_filesystem())
     assert sorted(r["id"] for r in back.take_all()) == list(range(20))
+
+
+def test_is_empty(location_uri):
+    uri, storage = location_uri
+    root = resolve(uri, storage)
+    assert root.is_empty()
+    root.join("deep/down/file.txt").write_text("x")
+    assert not root.is_empty() and root.join("deep").is_dir()
+    assert not root.join("deep/down/file.txt").is_empty()

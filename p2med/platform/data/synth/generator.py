@@ -210,9 +210,8 @@ def generate(config: SynthConfig, out: Location, progress: bool = True) -> Synth
                         batch = future.result()
                         results += batch
                         bar.update(len(batch))
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
+                except BaseException:  # a failed patient or Ctrl-C: stop queued work now
+                    pool.shutdown(cancel_futures=True)
                     raise
     results.sort(key=lambda r: r.index)
     summary = _write_tables_and_manifest(config, out, results)
@@ -222,18 +221,16 @@ def generate(config: SynthConfig, out: Location, progress: bool = True) -> Synth
 
 def _prepare_output(out: Location) -> None:
     check_writable(out)
-    present = set(out.list_files())
-    if present:
-        manifest = out.join(MANIFEST)
-        ours = INCOMPLETE_MARKER in present or (MANIFEST in present and _is_our_manifest(manifest))
-        if not ours:
-            raise P2MedError(
-                f"output {out.uri} is not empty and holds no P2Med synthetic data set; "
-                "choose an empty or new location"
-            )
-    out.join(INCOMPLETE_MARKER).write_bytes(b"")
+    marker, manifest = out.join(INCOMPLETE_MARKER), out.join(MANIFEST)
+    ours = marker.exists() or (manifest.exists() and _is_our_manifest(manifest))
+    if not ours and not out.is_empty():
+        raise P2MedError(
+            f"output {out.uri} is not empty and holds no P2Med synthetic data set; "
+            "choose an empty or new location"
+        )
+    marker.write_bytes(b"")
     # The manifest goes first: from here on the old data set no longer looks complete.
-    out.join(MANIFEST).remove()
+    manifest.remove()
     for entry in OUR_ENTRIES:
         out.join(entry).remove()
 
