@@ -33,7 +33,7 @@ class Job:
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-JOBS = {job.name: job for job in [Job("synth", "p2med.jobs.synth")]}
+JOBS = {job.name: job for job in [Job("synth", "p2med.jobs.synth"), Job("ingest", "p2med.jobs.ingest")]}
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 

@@ -46,6 +46,12 @@ def _age_string(age_days: int) -> str:
     return f"{int(age_days / 365.25):03d}Y"
 
 
+def _person_name(full_name: str) -> str:
+    """'Anna Smith' -> 'Smith^Anna': DICOM person names put the family name first."""
+    given, _, family = full_name.rpartition(" ")
+    return f"{family}^{given}"
+
+
 def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) -> Dataset:
     ident = case.identity
     ds = Dataset()
@@ -56,17 +62,17 @@ def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) ->
     ds.PatientAge = _age_string(case.age_days)
     ds.PatientWeight = f"{case.weight_kg:.1f}"
     ds.PatientAddress = ident.address
-    ds.ResponsiblePerson = ident.guardian_name.replace(" ", "^")
+    ds.ResponsiblePerson = _person_name(ident.guardian_name)
     ds.ResponsiblePersonRole = "PARENT"
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _date(case.visit_date)
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
     ds.AccessionNumber = accession
     ds.StudyID = accession[-6:]
-    ds.ReferringPhysicianName = ident.referring_physician.replace(" ", "^")
+    ds.ReferringPhysicianName = _person_name(ident.referring_physician)
     ds.InstitutionName = ident.institution
     ds.InstitutionAddress = ident.institution_address
-    ds.OperatorsName = ident.attending.split(" ")[-1] + "^Tech"
+    ds.OperatorsName = _person_name(ident.attending)
     ds.Manufacturer = MANUFACTURER
     ds.BodyPartExamined = "CHEST"
     # A private block, as vendors add: it repeats the MRN, so ingest must drop private tags.

@@ -33,6 +33,7 @@ from p2med.platform.data.synth.anatomy import ChestLayout, sample_layout
 from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.ct import render_ct
 from p2med.platform.data.synth.dicom import ct_series, xray_file
+from p2med.platform.data.synth.faults import make_faults
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record
 from p2med.platform.data.synth.reports import report_record
 from p2med.platform.data.synth.xray import render_xray
@@ -89,12 +90,14 @@ class SynthConfig(Config):
     """CT slice width and height in pixels."""
     workers: int = Field(0, ge=0)
     """Worker processes; 0 uses every CPU core."""
+    faults: bool = False
+    """Mix in one broken input of each kind the ingest must quarantine (listed in the manifest)."""
 
 
 def dataset_key(config: SynthConfig) -> str:
     """What makes patient i what it is: every field but the patient count and workers.
     UIDs derive from it, so a larger set with the same settings extends a smaller one."""
-    settings = config.model_dump(exclude={"patients", "workers"})
+    settings = config.model_dump(exclude={"patients", "workers", "faults"})
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -251,6 +254,12 @@ def _write_tables_and_manifest(config: SynthConfig, out: Location, results: list
     records = [r for p in results for r in p.records]
     studies = [s for p in results for s in p.studies]
     reports_bytes, records_bytes = _jsonl(reports), _jsonl(records)
+    faults = make_faults(config, config.patients, len(reports), len(records)) if config.faults else None
+    if faults:
+        for path, data in faults.files.items():
+            out.join(path).write_bytes(data)
+        reports_bytes += "".join(line + "\n" for line in faults.report_lines).encode()
+        records_bytes += "".join(line + "\n" for line in faults.record_lines).encode()
     out.join("reports.jsonl").write_bytes(reports_bytes)
     out.join("records.jsonl").write_bytes(records_bytes)
     kinds = collections.Counter(r["record_type"] for r in records)
@@ -275,6 +284,7 @@ def _write_tables_and_manifest(config: SynthConfig, out: Location, results: list
         "counts": counts,
         "files": {"reports": "reports.jsonl", "records": "records.jsonl"},
         "studies": studies,
+        "faults": faults.expected if faults else [],
     }
     out.join(MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     out.join(INCOMPLETE_MARKER).remove()

@@ -1,0 +1,312 @@
+"""Ingest: a raw hospital export -> de-identified, training-ready Parquet shards.
+
+    summary = ingest(resolve("data/raw"), resolve("s3://bucket/shards"), IngestConfig(...))
+
+Two Ray Data passes over file paths (workers read the files themselves, so bytes never
+travel through the object store): the first reads DICOM headers, the driver joins them
+with reports and records into per-patient work items (`ingest_plan`), the second decodes
+pixels (`imaging`) and writes Parquet shards straight from the workers. Inputs that cannot
+be used are quarantined with a reason; the run goes on.
+
+Layout under the shards location:
+
+    data-<run id>/*.parquet   one row per patient (schema: SHARD_SCHEMA)
+    manifest.json             written last; names the data folder it covers
+
+Readers follow the manifest, so they never see a half-written data set; a rerun writes a
+new data folder, swaps the manifest, then removes the old folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from pydantic import Field
+
+from p2med.platform.config import Config
+from p2med.platform.data.deid import DeidConfig, Pseudonymizer, resolve_key
+from p2med.platform.data.imaging import DecodeFailure, ImagingConfig, ct_volume, read_dicom, xray_pixels
+from p2med.platform.data.ingest_plan import SPLITS, SplitConfig, plan
+from p2med.platform.data.quarantine import Quarantined, Reason
+from p2med.platform.data.raw_store import (
+    RECORDS_FILE,
+    REPORTS_FILE,
+    DicomHeader,
+    dicom_paths,
+    read_header,
+    read_jsonl,
+)
+from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
+from p2med.platform.errors import P2MedError
+from p2med.platform.storage import Location, StorageConfig, check_writable, resolve
+
+KIND = "p2med-shards"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+DATA_PREFIX = "data-"
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("patient", pa.string(), nullable=False),  # keyed pseudonym
+        pa.field("split", pa.string(), nullable=False),  # train / val / bench
+        pa.field("sex", pa.string()),  # M / F / "" (unknown)
+        pa.field("age_years", pa.float32()),
+        pa.field("xray", pa.binary()),  # float16 (S, S), S = imaging.xray_size, [0, 1]
+        pa.field("ct", pa.binary()),  # float16 (D, H, W) per imaging.ct_*, lung window, [0, 1]
+        pa.field("xray_report", pa.string()),  # JSON {clinical_history, findings, impression, modality}
+        pa.field("ct_report", pa.string()),  # same shape as xray_report
+        pa.field("outpatient", pa.string()),  # JSON {section name: text}
+        pa.field("inpatient", pa.string()),  # JSON {section name: text}
+    ]
+)
+
+
+class IngestConfig(Config):
+    """How a raw store becomes shards."""
+
+    imaging: ImagingConfig = ImagingConfig()
+    """Image normalisation (sizes, CT window, geometry checks)."""
+    deid: DeidConfig = DeidConfig()
+    """De-identification key."""
+    split: SplitConfig = SplitConfig()
+    """Patient-level train / val / bench split."""
+    shard_target_mb: float = Field(64.0, gt=0)
+    """Target size of one Parquet shard in MB (before compression)."""
+    blocks_per_cpu: int = Field(8, ge=1)
+    """Ray Data blocks per CPU for each pass: more blocks balance load, fewer cost less."""
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest wrote, for the console and tests."""
+
+    shards: str
+    patients: int
+    samples: dict[str, dict[str, int]]  # task -> split -> count
+    quarantined: dict[str, int]  # reason -> count
+    files_read: int
+    seconds: float
+    shard_files: list[str] = field(default_factory=list)
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files_read / self.seconds if self.seconds else float("inf")
+
+
+@ray.remote(num_cpus=0)
+class QuarantineLog:
+    """Collects what the decode workers set aside while the stream flows on."""
+
+    def __init__(self) -> None:
+        self._entries: list[dict] = []
+
+    def add(self, entries: list[dict]) -> None:
+        self._entries += entries
+
+    def entries(self) -> list[dict]:
+        return self._entries
+
+
+def _read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageConfig) -> dict[str, list]:
+    """Ray Data pass 1: each path -> its header, or why it cannot be used (as JSON)."""
+    raw = resolve(raw_uri, storage)
+    out = []
+    for path in batch["path"]:
+        result = read_header(raw, str(path))
+        if isinstance(result, Quarantined):
+            out.append(json.dumps({"quarantined": [result.input, result.reason.value, result.detail]}))
+        else:
+            fields = {**result.__dict__, "identifiers": sorted(result.identifiers)}
+            out.append(json.dumps({"header": fields}))
+    return {"result": out}
+
+
+def _decode_items(
+    batch: pa.Table, raw_uri: str, storage: StorageConfig, imaging: ImagingConfig, log
+) -> pa.Table:
+    """Ray Data pass 2: work items -> shard rows with decoded pixels."""
+    raw = resolve(raw_uri, storage)
+    rows, failures = [], []
+    for item in batch.to_pylist():
+        row = {name: item.get(name) for name in SHARD_SCHEMA.names}
+        if item["xray_path"]:
+            try:
+                ds = read_dicom(raw.join(item["xray_path"]).read_bytes())
+                row["xray"] = xray_pixels(ds, imaging).astype(np.float16).tobytes()
+            except DecodeFailure as failure:
+                failures.append([item["xray_path"], failure.reason.value, failure.detail])
+                row["xray_report"] = None  # a report is only a sample together with its image
+        if item["ct_paths"]:
+            try:
+                slices = [read_dicom(raw.join(p).read_bytes()) for p in item["ct_paths"]]
+                row["ct"] = ct_volume(slices, imaging).astype(np.float16).tobytes()
+            except DecodeFailure as failure:
+                failures.append([item["ct_folder"], failure.reason.value, failure.detail])
+                row["ct_report"] = None
+        if item["orphan"]:
+            if row["xray"] is not None or row["ct"] is not None:  # sound pixels, no report
+                path = item["xray_path"] or item["ct_folder"]
+                failures.append([path, Reason.IMAGE_WITHOUT_REPORT.value, "no report for this study"])
+        elif any(row[name] is not None for name in TEXT_COLUMNS):
+            rows.append(row)
+    if failures:
+        ray.get(log.add.remote(failures))
+    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+
+
+def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSummary:
+    """Ingest `raw` into `shards`, replacing an earlier ingest there.
+
+    Raises:
+        P2MedError: no key, nothing to ingest, or a location that is unusable or foreign.
+    """
+    started = time.perf_counter()
+    pseudonyms = Pseudonymizer(resolve_key(config.deid))
+    _check_shards_location(shards)
+    if not raw.exists():
+        raise P2MedError(f"raw store {raw.uri} does not exist")
+    paths = dicom_paths(raw)
+    reports, bad_reports = read_jsonl(raw, REPORTS_FILE)
+    records, bad_records = read_jsonl(raw, RECORDS_FILE)
+    if not paths and not records:
+        raise P2MedError(f"raw store {raw.uri} holds no DICOM files (*.dcm) and no {RECORDS_FILE}")
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = max(1, min(len(paths), cpus * config.blocks_per_cpu))
+
+    header_rows = (
+        ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        .map_batches(_read_headers, fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage}, batch_size=64)
+        .take_all()
+        if paths
+        else []
+    )
+    headers, quarantined = _parse_header_rows(header_rows)
+    quarantined += bad_reports + bad_records
+    work = plan(headers, reports, records, pseudonyms, config.split)
+    quarantined += work.quarantined
+
+    data_dir = shards.join(f"{DATA_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    log = QuarantineLog.remote()
+    items = ray.data.from_items(work.items, override_num_blocks=max(1, min(len(work.items), blocks)))
+    decoded = items.map_batches(
+        _decode_items,
+        fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage, "imaging": config.imaging, "log": log},
+        batch_format="pyarrow",
+        batch_size=8,
+    )
+    decoded.write_parquet(
+        data_dir.arrow_path(),
+        filesystem=data_dir.arrow_filesystem(),
+        min_rows_per_file=_rows_per_shard(config, work.items),
+    )
+    quarantined += [Quarantined(path, Reason(reason), detail) for path, reason, detail in ray.get(log.entries.remote())]
+    ray.kill(log)
+
+    shard_entries, samples, patients = _describe_shards(data_dir)
+    manifest = {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "data": data_dir.name,
+        "imaging": config.imaging.model_dump(),
+        "split": config.split.model_dump(),
+        "patients": patients,
+        "samples": samples,
+        "shards": shard_entries,
+        "quarantined": [_public(q, pseudonyms) for q in quarantined],
+        "files_read": len(paths) + 2,
+    }
+    shards.join(MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _remove_other_data_dirs(shards, keep=data_dir.name)
+    return IngestSummary(
+        shards=shards.uri,
+        patients=patients,
+        samples=samples,
+        quarantined=dict(collections.Counter(q.reason.value for q in quarantined)),
+        files_read=len(paths),
+        seconds=time.perf_counter() - started,
+        shard_files=[data_dir.join(e["path"]).uri for e in shard_entries],
+    )
+
+
+def _parse_header_rows(rows: list[dict]) -> tuple[list[DicomHeader], list[Quarantined]]:
+    headers, quarantined = [], []
+    for row in rows:
+        result = json.loads(row["result"])
+        if "quarantined" in result:
+            path, reason, detail = result["quarantined"]
+            quarantined.append(Quarantined(path, Reason(reason), detail))
+        else:
+            fields = result["header"]
+            headers.append(DicomHeader(**{**fields, "identifiers": frozenset(fields["identifiers"])}))
+    headers.sort(key=lambda h: h.path)
+    return headers, quarantined
+
+
+def _public(entry: Quarantined, pseudonyms: Pseudonymizer) -> dict:
+    """A quarantine entry for the manifest: file paths carry UIDs, so they are replaced by
+    keyed pseudonyms (recompute them from the raw paths with the key to find the file);
+    JSONL line references are kept."""
+    is_line = entry.input.split(":")[0] in (REPORTS_FILE, RECORDS_FILE)
+    name = entry.input if is_line else pseudonyms.pseudonym("input", entry.input)
+    return {"input": name, "reason": entry.reason.value, "detail": entry.detail}
+
+
+def _rows_per_shard(config: IngestConfig, items: list[dict]) -> int:
+    img = config.imaging
+    ct_share = sum(bool(i["ct_paths"]) for i in items) / max(len(items), 1)
+    row_bytes = 2 * img.xray_size**2 + ct_share * 2 * img.ct_slices * img.ct_size**2 + 8_000
+    return max(1, int(config.shard_target_mb * 1e6 / row_bytes))
+
+
+def _describe_shards(data_dir: Location) -> tuple[list[dict], dict[str, dict[str, int]], int]:
+    """Per shard: path, rows, SHA-256; per task and split: samples; and the patient count."""
+    entries = []
+    samples = {task: dict.fromkeys(SPLITS, 0) for task in TASKS}
+    patients = 0
+    fs = data_dir.arrow_filesystem()
+    for name in data_dir.list_files():
+        if not name.endswith(".parquet"):
+            continue
+        shard = data_dir.join(name)
+        data = shard.read_bytes()
+        table = pq.read_table(shard.arrow_path(), filesystem=fs, columns=["split", *TEXT_COLUMNS])
+        for row in table.to_pylist():
+            for task in tasks_for(row):
+                samples[task][row["split"]] += 1
+        patients += table.num_rows
+        entries.append({"path": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()})
+    return entries, samples, patients
+
+
+def _check_shards_location(shards: Location) -> None:
+    """The shards location must be writable and empty or ours."""
+    check_writable(shards)
+    manifest = shards.join(MANIFEST)
+    if manifest.exists():
+        try:
+            ours = json.loads(manifest.read_text()).get("kind") == KIND
+        except ValueError:
+            ours = False
+        if not ours:
+            raise P2MedError(f"shards location {shards.uri} holds a manifest.json that is not ours")
+        return
+    foreign = [p for p in shards.list_files() if not p.startswith(DATA_PREFIX)]
+    if foreign:
+        raise P2MedError(
+            f"shards location {shards.uri} is not empty and holds no P2Med shards; choose an empty location"
+        )
+
+
+def _remove_other_data_dirs(shards: Location, keep: str) -> None:
+    """Old data folders, and those of interrupted runs, once the new manifest is in place."""
+    stale = {p.split("/", 1)[0] for p in shards.list_files() if p.startswith(DATA_PREFIX)} - {keep}
+    for name in sorted(stale):
+        shards.join(name).remove()

@@ -1,0 +1,96 @@
+"""Reading a raw hospital export: DICOM headers and JSONL reports and records.
+
+The raw store is what a hospital drops into object storage: DICOM files anywhere below
+it (`*.dcm`), `reports.jsonl` (one radiology report per study) and `records.jsonl`
+(outpatient and inpatient records). Everything read here is identifying; it stays in
+memory and only de-identified values leave the ingest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from p2med.platform.data.deid import header_identifiers
+from p2med.platform.data.imaging import DecodeFailure, read_dicom
+from p2med.platform.data.quarantine import Quarantined, Reason
+from p2med.platform.storage import Location
+
+REPORTS_FILE = "reports.jsonl"
+RECORDS_FILE = "records.jsonl"
+HEADER_BYTES = 64 * 1024  # enough for any header we read; pixel data follows it
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the ingest needs from one DICOM file, read without its pixel data."""
+
+    path: str  # relative to the raw store
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    accession: str
+    sex: str
+    age_years: float | None
+    identifiers: frozenset[str] = field(default_factory=frozenset)
+
+
+def dicom_paths(raw: Location) -> list[str]:
+    """Every DICOM file of the store, relative to it, in a stable order."""
+    return [p for p in raw.list_files() if p.lower().endswith(".dcm")]
+
+
+def read_header(raw: Location, path: str) -> DicomHeader | Quarantined:
+    """The header of `path`, or why it cannot be used."""
+    with raw.join(path).open("rb") as f:
+        head = f.read(HEADER_BYTES)
+    try:
+        ds = read_dicom(head, stop_before_pixels=True)
+    except DecodeFailure as failure:
+        return Quarantined(path, failure.reason, failure.detail)
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        return Quarantined(path, Reason.UNREADABLE_FILE, "no SOP class or modality: not an image")
+    return DicomHeader(
+        path=path,
+        modality=str(ds.get("Modality", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        accession=str(ds.get("AccessionNumber", "")),
+        sex=str(ds.get("PatientSex", "")),
+        age_years=parse_dicom_age(str(ds.get("PatientAge", ""))),
+        identifiers=frozenset(header_identifiers(ds)),
+    )
+
+
+def parse_dicom_age(value: str) -> float | None:
+    """'004Y' -> 4.0, '006M' -> 0.5, '020D' -> 0.05; None if absent or malformed."""
+    units = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+    if len(value) != 4 or not value[:3].isdigit() or value[3] not in units:
+        return None
+    return round(int(value[:3]) * units[value[3]], 2)
+
+
+def read_jsonl(raw: Location, name: str) -> tuple[list[dict], list[Quarantined]]:
+    """The rows of a JSONL file (absent: none), and its malformed lines as quarantined
+    inputs named `file:line`."""
+    loc = raw.join(name)
+    if not loc.exists():
+        return [], []
+    rows, bad = [], []
+    for number, line in enumerate(loc.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append(
+                Quarantined(f"{name}:{number}", Reason.MALFORMED_JSONL, f"invalid JSON at column {exc.colno}")
+            )
+            continue
+        if not isinstance(row, dict):
+            bad.append(Quarantined(f"{name}:{number}", Reason.MALFORMED_JSONL, "a line is not a JSON object"))
+            continue
+        rows.append(row)
+    return rows, bad
