@@ -112,11 +112,13 @@ def xray_pixels(ds: Dataset, config: ImagingConfig) -> np.ndarray:
     stored = _stored_pixels(ds)
     if stored.ndim != 2:
         raise DecodeFailure(Reason.BAD_DIMENSIONS, f"expected one grey channel, got shape {stored.shape}")
-    values = apply_modality_lut(stored, ds)
+    values = apply_modality_lut(stored, ds).astype(np.float32)
     if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds)
-    values = values.astype(np.float32)
-    lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
+        # The header's window maps values onto the output range, saturating outside it.
+        values = apply_voi_lut(values, ds).astype(np.float32)
+        lo, hi = float(values.min()), float(values.max())
+    else:  # no window given: stretch between robust percentiles, as viewers do
+        lo, hi = np.percentile(values, [0.5, 99.5])
     scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # bright means air: flip
         scaled = 1.0 - scaled

@@ -1,0 +1,66 @@
+"""The `tiny` preset's tokenizer: byte-level BPE trained on the medical corpus.
+
+    tok = train_bpe_tokenizer(texts, vocab_size=4096)
+    tok.save_pretrained("runs/tokenizer")
+    tok = load_tokenizer("runs/tokenizer")
+
+Byte-level, as GPT-2 and LLaMA-3 do it, so any text encodes without `<unk>`. `<image>` is
+a special token: it is never split or merged, so each placeholder is exactly one id that
+the model replaces by an image's latents. Encoding prepends `<s>` (the LLaMA convention);
+callers append `</s>` to targets themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_TOKEN)  # ids 0..4 in this order
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with `SPECIAL_TOKENS` registered.
+
+    Deterministic for the same texts in the same order.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges; use at least 512")
+    core = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen in the corpus or not
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    bos = core.token_to_id(BOS_TOKEN)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B:1", special_tokens=[(BOS_TOKEN, bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        extra_special_tokens=[IMAGE_TOKEN],
+        padding_side="right",
+    )
+
+
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    """A tokenizer saved with `save_pretrained(directory)`, read from local disk only."""
+    path = Path(directory)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json from save_pretrained)")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tok.unk_token_id):
+        raise ValueError(f"tokenizer at {path} has no {IMAGE_TOKEN} token; train it with train_bpe_tokenizer")
+    return tok

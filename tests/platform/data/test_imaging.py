@@ -1,0 +1,128 @@
+"""DICOM to model pixels: compressed transfer syntaxes, LUTs, MONOCHROME1, aspect ratio,
+CT geometry checks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit
+
+from p2med.platform.data.imaging import DecodeFailure, ImagingConfig, ct_volume, square, xray_pixels
+from p2med.platform.data.quarantine import Reason
+
+CONFIG = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
+
+
+def as_radiograph(name: str) -> pydicom.Dataset:
+    """A pydicom test file relabelled as a DX, so it takes the X-ray path."""
+    ds = pydicom.dcmread(get_testdata_file(name, download=False))
+    ds.Modality = "DX"
+    return ds
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_lossless_syntaxes_decode_like_the_uncompressed_file(name):
+    reference = xray_pixels(as_radiograph("MR_small.dcm"), CONFIG)
+    assert np.array_equal(xray_pixels(as_radiograph(name), CONFIG), reference)
+
+
+def test_jpeg_extended_and_baseline_decode():
+    extended = xray_pixels(as_radiograph("JPGExtended.dcm"), CONFIG)
+    assert extended.shape == (64, 64) and extended.max() > 0.5
+    ds = as_radiograph("MR_small.dcm")
+    eight_bit = (ds.pixel_array / ds.pixel_array.max() * 255).astype(np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(eight_bit).save(jpeg, format="JPEG", quality=95)
+    ds.PixelData = encapsulate([jpeg.getvalue()])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    for attribute in ("WindowCenter", "WindowWidth"):
+        del ds[attribute]
+    baseline = xray_pixels(ds, CONFIG)
+    reference = xray_pixels(as_radiograph("MR_small.dcm"), CONFIG)
+    assert np.corrcoef(baseline.ravel(), reference.ravel())[0, 1] > 0.95
+
+
+def test_monochrome1_is_inverted():
+    plain = xray_pixels(as_radiograph("MR_small.dcm"), CONFIG)
+    ds = as_radiograph("MR_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    assert np.allclose(xray_pixels(ds, CONFIG)[plain > 0], 1 - plain[plain > 0], atol=1e-5)
+
+
+def test_window_from_the_header_is_applied():
+    ds = as_radiograph("MR_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = 300, 100  # values run 127..2145: many saturate
+    narrow = xray_pixels(ds, CONFIG)
+    assert (narrow > 0.99).mean() > 0.3 and (narrow[8:-8, 8:-8] < 0.01).mean() > 0.1
+
+
+def test_aspect_ratio_is_kept_and_padded():
+    tall = np.ones((100, 50), dtype=np.float32)
+    out = square(tall, 64)
+    assert out.shape == (64, 64)
+    assert np.allclose(out[:, 16:48], 1) and np.allclose(out[:, :15], 0) and np.allclose(out[:, 49:], 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda ds: setattr(ds, "Modality", "MR"), Reason.UNSUPPORTED_MODALITY),
+        (lambda ds: ds.__delattr__("PixelData"), Reason.NO_PIXEL_DATA),
+        (lambda ds: setattr(ds, "Rows", 4), Reason.BAD_DIMENSIONS),
+    ],
+)
+def test_xray_refusals(change, reason):
+    ds = as_radiograph("MR_small.dcm")
+    change(ds)
+    with pytest.raises(DecodeFailure) as failure:
+        xray_pixels(ds, CONFIG)
+    assert failure.value.reason == reason
+
+
+def ct_slices(count: int, spacing=None):
+    """An axial series of `count` 32x32 slices; `spacing` gives each z position."""
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    positions = spacing or [2.5 * k for k in range(count)]
+    out = []
+    for k, z in enumerate(positions):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+        ds.ImagePositionPatient = [0, 0, z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.InstanceNumber = count - k
+        ds.PixelData = (np.full((base.Rows, base.Columns), k * 10, dtype=np.int16)).tobytes()
+        out.append(ds)
+    return out
+
+
+def test_ct_sorted_by_position_not_file_order():
+    series = ct_slices(6)
+    shuffled = [series[i] for i in (3, 0, 5, 1, 4, 2)]
+    config = CONFIG.model_copy(update={"ct_slices": 6, "ct_window_center": 0, "ct_window_width": 4000})
+    volume = ct_volume(shuffled, config)
+    means = volume.mean(axis=(1, 2))
+    assert np.all(np.diff(means) > 0)  # slice k holds k * 10: order restored, inferior first
+
+
+@pytest.mark.parametrize(
+    ("positions", "reason"),
+    [
+        ([0, 2.5, 5, 12.5, 15, 17.5], Reason.CT_MISSING_SLICES),
+        ([0, 2.5, 5, 5, 7.5, 10], Reason.CT_DUPLICATE_SLICES),
+        ([0, 2.5, 6, 7.5, 10, 14], Reason.CT_UNEVEN_SPACING),
+        ([0], Reason.CT_TOO_FEW_SLICES),
+    ],
+)
+def test_ct_geometry_refusals(positions, reason):
+    with pytest.raises(DecodeFailure) as failure:
+        ct_volume(ct_slices(len(positions), positions), CONFIG)
+    assert failure.value.reason == reason
