@@ -6,7 +6,7 @@ p2med ingest --config ingest/default.yaml raw=s3://bucket/raw shards=s3://bucket
 
 from __future__ import annotations
 
-from p2med.platform.data.ingest import IngestConfig
+from p2med.platform.data.ingest_config import IngestConfig
 from p2med.platform.storage import StorageConfig
 
 
@@ -21,12 +21,10 @@ class Config(IngestConfig):
 
 def run(config: Config) -> None:
     from p2med.platform.data.ingest import ingest
-    from p2med.platform.ray_runtime import ensure_ray
     from p2med.platform.storage import resolve
 
     raw, shards = resolve(config.raw, config.storage), resolve(config.shards, config.storage)
     print(f"ingest: {raw.uri} -> {shards.uri}")
-    ensure_ray()
     s = ingest(
         raw, shards, IngestConfig.model_validate(config.model_dump(exclude={"raw", "shards", "storage"}))
     )

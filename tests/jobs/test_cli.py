@@ -114,3 +114,14 @@ def test_synth_to_s3_with_credentials_from_the_environment(bucket, s3_endpoint):
     assert result.returncode == 0, result.stderr
     assert f"data set ready at s3://{bucket}/raw" in result.stdout
     assert S3_SECRET not in result.stdout + result.stderr
+
+
+def test_ingest_needs_a_key_and_a_raw_store(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "P2MED_DEID_KEY"}
+    result = p2med("ingest", f"raw={tmp_path}/raw", f"shards={tmp_path}/shards", env=env)
+    assert_one_line_error(result, "no de-identification key", "P2MED_DEID_KEY")
+    env["P2MED_DEID_KEY"] = "k"
+    result = p2med("ingest", f"raw={tmp_path}/missing", f"shards={tmp_path}/shards", env=env)
+    assert_one_line_error(result, f"raw store {tmp_path}/missing does not exist")

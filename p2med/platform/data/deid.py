@@ -47,14 +47,18 @@ IDENTIFYING_ATTRIBUTES = (
     "InstitutionAddress",
     "StudyID",
 )
-PATTERNS = [
-    re.compile(r"\b\d{4}-\d{2}-\d{2}\b"),  # ISO dates
-    re.compile(r"\b\d{1,2}/\d{1,2}/\d{2,4}\b"),  # 03/04/2024
-    re.compile(r"\b(?:19|20)\d{6}\b"),  # DICOM dates, 20240304
-    re.compile(r"\b(?:\+?\d{1,3}[ -])?\(?\d{3}\)?[ -]\d{3}-\d{4}\b"),  # phone numbers
-    re.compile(r"\b(?:MRN|ACC)\s*\d{4,}[A-Z]?\b"),  # record and accession numbers
-    re.compile(r"\bDr\.? [A-Z][a-z'’-]+(?: [A-Z][a-z'’-]+)?"),  # physician names
-]
+IDENTIFYING_PATTERN = re.compile(
+    "|".join(
+        [
+            r"\b\d{4}-\d{2}-\d{2}\b",  # ISO dates
+            r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 03/04/2024
+            r"\b(?:19|20)\d{6}\b",  # DICOM dates, 20240304
+            r"\b(?:\+?\d{1,3}[ -])?\(?\d{3}\)?[ -]\d{3}-\d{4}\b",  # phone numbers
+            r"\b(?:MRN|ACC)\s*\d{4,}[A-Z]?\b",  # record and accession numbers
+            r"\bDr\.? [A-Z][a-z'’-]+(?: [A-Z][a-z'’-]+)?",  # physician names
+        ]
+    )
+)
 
 
 class DeidConfig(Config):
@@ -126,11 +130,17 @@ def value_spellings(value: str) -> set[str]:
     return {f for f in forms if len(f) >= 2}
 
 
-def scrub(text: str, identifiers: Iterable[str]) -> str:
-    """`text` with every identifier (whole words, longest first) and every identifying
-    pattern replaced by [REDACTED]."""
-    for value in sorted(set(identifiers), key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", REDACTED, text)
-    for pattern in PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return text
+class Scrubber:
+    """Replaces one patient's identifying values (whole words) and every identifying
+    pattern in text by [REDACTED]. Build once per patient: the values compile into one
+    regular expression, longest first, so 'Emma Smith' goes before 'Emma' can match."""
+
+    def __init__(self, identifiers: Iterable[str]) -> None:
+        values = sorted({v for v in identifiers if v}, key=len, reverse=True)
+        alternatives = "|".join(map(re.escape, values))
+        self._values = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)") if values else None
+
+    def __call__(self, text: str) -> str:
+        if self._values is not None:
+            text = self._values.sub(REDACTED, text)
+        return IDENTIFYING_PATTERN.sub(REDACTED, text)

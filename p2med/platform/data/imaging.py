@@ -21,8 +21,6 @@ import io
 
 import numpy as np
 import pydicom
-import torch
-from monai.transforms import Resize, SpatialPad
 from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -128,6 +126,9 @@ def xray_pixels(ds: Dataset, config: ImagingConfig) -> np.ndarray:
 def square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize so the longest side is `size`, keeping the aspect ratio, then pad (with 0,
     i.e. black) to `size` x `size`, centred. (H, W) -> (size, size) float32."""
+    import torch  # torch and MONAI take seconds to load: only where pixels are resampled
+    from monai.transforms import Resize, SpatialPad
+
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     resized = Resize(spatial_size=size, size_mode="longest", mode="area")(tensor)
     padded = SpatialPad(spatial_size=(size, size), mode="constant")(resized)
@@ -151,6 +152,9 @@ def ct_volume(slices: list[Dataset], config: ImagingConfig) -> np.ndarray:
     low = config.ct_window_center - config.ct_window_width / 2
     windowed = np.clip((hu - low) / config.ct_window_width, 0.0, 1.0)
     size = (config.ct_slices, config.ct_size, config.ct_size)
+    import torch  # see square()
+    from monai.transforms import Resize
+
     resampled = Resize(spatial_size=size, mode="trilinear")(torch.from_numpy(windowed)[None])
     return np.asarray(resampled[0], dtype=np.float32)
 

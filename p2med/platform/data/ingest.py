@@ -30,12 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from pydantic import Field
 
-from p2med.platform.config import Config
-from p2med.platform.data.deid import DeidConfig, Pseudonymizer, resolve_key
+from p2med.platform.data.deid import Pseudonymizer, resolve_key
 from p2med.platform.data.imaging import DecodeFailure, ImagingConfig, ct_volume, read_dicom, xray_pixels
-from p2med.platform.data.ingest_plan import SPLITS, SplitConfig, plan
+from p2med.platform.data.ingest_config import IngestConfig
+from p2med.platform.data.ingest_plan import SPLITS, plan
 from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.data.raw_store import (
     RECORDS_FILE,
@@ -47,6 +46,7 @@ from p2med.platform.data.raw_store import (
 )
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
 from p2med.platform.errors import P2MedError
+from p2med.platform.ray_runtime import ensure_ray
 from p2med.platform.storage import Location, StorageConfig, check_writable, resolve
 
 KIND = "p2med-shards"
@@ -67,21 +67,6 @@ SHARD_SCHEMA = pa.schema(
         pa.field("inpatient", pa.string()),  # JSON {section name: text}
     ]
 )
-
-
-class IngestConfig(Config):
-    """How a raw store becomes shards."""
-
-    imaging: ImagingConfig = ImagingConfig()
-    """Image normalisation (sizes, CT window, geometry checks)."""
-    deid: DeidConfig = DeidConfig()
-    """De-identification key."""
-    split: SplitConfig = SplitConfig()
-    """Patient-level train / val / bench split."""
-    shard_target_mb: float = Field(64.0, gt=0)
-    """Target size of one Parquet shard in MB (before compression)."""
-    blocks_per_cpu: int = Field(8, ge=1)
-    """Ray Data blocks per CPU for each pass: more blocks balance load, fewer cost less."""
 
 
 @dataclass
@@ -115,8 +100,9 @@ class QuarantineLog:
         return self._entries
 
 
-def _read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageConfig) -> dict[str, list]:
-    """Ray Data pass 1: each path -> its header, or why it cannot be used (as JSON)."""
+def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageConfig) -> dict[str, list]:
+    """Pass 1: each path -> its header, or why it cannot be used (JSON). Runs in Ray Data
+    workers; also usable in one process."""
     raw = resolve(raw_uri, storage)
     out = []
     for path in batch["path"]:
@@ -129,13 +115,11 @@ def _read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageCo
     return {"result": out}
 
 
-def _decode_items(
-    batch: pa.Table, raw_uri: str, storage: StorageConfig, imaging: ImagingConfig, log
-) -> pa.Table:
-    """Ray Data pass 2: work items -> shard rows with decoded pixels."""
-    raw = resolve(raw_uri, storage)
+def decode_rows(items: list[dict], raw: Location, imaging: ImagingConfig) -> tuple[pa.Table, list[list[str]]]:
+    """Work items -> shard rows with decoded pixels, and [path, reason, detail] for every
+    image set aside. The decode pass of the pipeline, also usable in one process."""
     rows, failures = [], []
-    for item in batch.to_pylist():
+    for item in items:
         row = {name: item.get(name) for name in SHARD_SCHEMA.names}
         if item["xray_path"]:
             try:
@@ -157,9 +141,15 @@ def _decode_items(
                 failures.append([path, Reason.IMAGE_WITHOUT_REPORT.value, "no report for this study"])
         elif any(row[name] is not None for name in TEXT_COLUMNS):
             rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), failures
+
+
+def _decode_batch(batch: pa.Table, raw_uri: str, storage: StorageConfig, imaging: ImagingConfig, log) -> pa.Table:
+    """Ray Data pass 2, in a worker: decode, and report what was set aside to `log`."""
+    table, failures = decode_rows(batch.to_pylist(), resolve(raw_uri, storage), imaging)
     if failures:
         ray.get(log.add.remote(failures))
-    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    return table
 
 
 def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSummary:
@@ -178,17 +168,18 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
     records, bad_records = read_jsonl(raw, RECORDS_FILE)
     if not paths and not records:
         raise P2MedError(f"raw store {raw.uri} holds no DICOM files (*.dcm) and no {RECORDS_FILE}")
+    ensure_ray()  # after the checks above: a bad input should not wait for Ray to start
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = max(1, min(len(paths), cpus * config.blocks_per_cpu))
 
     header_rows = (
         ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        .map_batches(_read_headers, fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage}, batch_size=64)
+        .map_batches(read_headers, fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage}, batch_size=64)
         .take_all()
         if paths
         else []
     )
-    headers, quarantined = _parse_header_rows(header_rows)
+    headers, quarantined = parse_header_rows(header_rows)
     quarantined += bad_reports + bad_records
     work = plan(headers, reports, records, pseudonyms, config.split)
     quarantined += work.quarantined
@@ -197,7 +188,7 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
     log = QuarantineLog.remote()
     items = ray.data.from_items(work.items, override_num_blocks=max(1, min(len(work.items), blocks)))
     decoded = items.map_batches(
-        _decode_items,
+        _decode_batch,
         fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage, "imaging": config.imaging, "log": log},
         batch_format="pyarrow",
         batch_size=8,
@@ -236,7 +227,7 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
     )
 
 
-def _parse_header_rows(rows: list[dict]) -> tuple[list[DicomHeader], list[Quarantined]]:
+def parse_header_rows(rows: list[dict]) -> tuple[list[DicomHeader], list[Quarantined]]:
     headers, quarantined = [], []
     for row in rows:
         result = json.loads(row["result"])

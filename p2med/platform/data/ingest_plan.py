@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pydantic import Field, model_validator
 
 from p2med.platform.config import Config
-from p2med.platform.data.deid import Pseudonymizer, name_spellings, scrub, value_spellings
+from p2med.platform.data.deid import Pseudonymizer, Scrubber, name_spellings, value_spellings
 from p2med.platform.data.imaging import XRAY_MODALITIES
 from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.data.raw_store import REPORTS_FILE, DicomHeader
@@ -204,20 +204,20 @@ def _age_from_record(record: dict) -> float | None:
 
 
 def _item(patient_id: str, patient: _Patient, pseudonyms: Pseudonymizer, splits: SplitConfig) -> dict:
-    ids = patient.identifiers | value_spellings(patient_id)
+    scrub = Scrubber(patient.identifiers | value_spellings(patient_id))
 
     def report_text(kind: str) -> str | None:
         report = patient.reports.get(kind)
         if report is None:
             return None
-        sections = {s: scrub(str(report.get(s, "")), ids) for s in REPORT_SECTIONS}
+        sections = {s: scrub(str(report.get(s, ""))) for s in REPORT_SECTIONS}
         return json.dumps({**sections, "modality": str(report.get("modality", ""))}, sort_keys=True)
 
     def record_text(kind: str) -> str | None:
         record = patient.records.get(kind)
         if record is None or not isinstance(record.get("sections"), dict):
             return None
-        return json.dumps({k: scrub(str(v), ids) for k, v in record["sections"].items()}, sort_keys=True)
+        return json.dumps({k: scrub(str(v)) for k, v in record["sections"].items()}, sort_keys=True)
 
     return {
         "orphan": False,

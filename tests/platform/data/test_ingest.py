@@ -14,7 +14,8 @@ import pytest
 
 from p2med.platform.data.deid import DeidConfig, Pseudonymizer
 from p2med.platform.data.imaging import ImagingConfig
-from p2med.platform.data.ingest import IngestConfig, ingest
+from p2med.platform.data.ingest import ingest
+from p2med.platform.data.ingest_config import IngestConfig
 from p2med.platform.data.synth import SynthConfig, generate
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
