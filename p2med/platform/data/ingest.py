@@ -212,7 +212,7 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
         "samples": samples,
         "shards": shard_entries,
         "quarantined": [_public(q, pseudonyms) for q in quarantined],
-        "files_read": len(paths) + 2,
+        "dicom_files": len(paths),
     }
     shards.join(MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _remove_other_data_dirs(shards, keep=data_dir.name)
