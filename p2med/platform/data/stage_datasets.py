@@ -1,0 +1,293 @@
+"""Stage datasets: Parquet shards -> ready tensors for training stage 1, 2 or 3, streamed.
+
+    ds = stage_dataset(resolve("s3://bucket/shards"), stage=3, split="train",
+                       config=StageDataConfig(tokenizer="runs/tokenizer"))
+    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=8): ...
+
+Ray tasks read exactly the shard files the manifest lists (local or s3://) and turn their
+rows into samples (`prompts`), mix the stage-3 tasks, tokenise, truncate, pad and decode the
+images, all in the workers. Batches hold numeric columns only (L = max_length; S, D, H, W
+from the manifest's imaging config):
+
+    input_ids, attention_mask  (B, L) int64   right-padded
+    labels                     (B, L) int64   = input_ids on target tokens, -100 on prompt,
+                                              `<image>` and padding (the model shifts them)
+    xray (B, S, S), ct (B, D, H, W) float32   in [0, 1]; zeros where the sample shows none
+    has_xray, has_ct, task     (B,) int64     task indexes `tasks.TASKS`
+
+Stage 1 (text) has no image columns and no task column. Samples of one patient arrive
+next to each other: shuffle when iterating (`local_shuffle_buffer_size`, `local_shuffle_seed`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from pydantic import Field
+from transformers import PreTrainedTokenizerFast
+
+from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
+from p2med.platform.config import Config
+from p2med.platform.data.ingest import KIND, MANIFEST
+from p2med.platform.data.ingest_plan import SPLITS
+from p2med.platform.data.prompts import INSTRUCTIONS, Sample, row_texts, stage_samples
+from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
+from p2med.platform.errors import P2MedError
+from p2med.platform.storage import Location
+
+IGNORE_INDEX = -100  # label of positions without loss (PyTorch cross-entropy default)
+ROWS_PER_BATCH = 16  # shard rows (patients) encoded at a time; stage 3 makes about 5 samples of each
+
+
+class TaskWeights(Config):
+    """Stage-3 mixing: expected copies per epoch of each (patient, task) pair.
+
+    1 keeps every pair once, 0.5 a deterministic half of them, 2.5 each pair twice plus a
+    half of them a third time, 0 removes the task. Which pairs make the cut depends only
+    on the seed, the patient and the task (`copies`).
+    """
+
+    xray_report: float = Field(1.0, ge=0)
+    """X-ray -> report."""
+    ct_report: float = Field(1.0, ge=0)
+    """CT -> report."""
+    outpatient_record: float = Field(1.0, ge=0)
+    """Complaint, history, exam (+ images) -> imaging, diagnosis, plan."""
+    inpatient_record: float = Field(1.0, ge=0)
+    """Admission data + images -> imaging, hospital course, discharge diagnosis and plan."""
+    differential_diagnosis: float = Field(1.0, ge=0)
+    """Symptoms, exam, labs + images -> diagnosis with rationale."""
+    treatment_recommendation: float = Field(1.0, ge=0)
+    """Case summary with diagnosis -> treatment plan."""
+
+
+class StageDataConfig(Config):
+    """How shards become the training samples of a stage."""
+
+    tokenizer: str
+    """Local folder of the tokenizer (`save_pretrained`); read on the driver and shipped to workers."""
+    max_length: int = Field(256, ge=8)
+    """Tokens per sample (L): targets are truncated to fit; samples whose prompt fills it are dropped."""
+    task_weights: TaskWeights = TaskWeights()
+    """Stage-3 task mixing; stages 1 and 2 ignore it."""
+    seed: int = 0
+    """Seed of the stage-3 mixing; vary it per epoch for a different cut of fractional weights."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything the row transform needs, resolved on the driver and shipped to workers."""
+
+    stage: int
+    split: str
+    tokenizer: PreTrainedTokenizerFast
+    max_length: int
+    weights: dict[str, float]
+    seed: int
+    xray_shape: tuple[int, int]  # (S, S)
+    ct_shape: tuple[int, int, int]  # (D, H, W)
+
+
+@ray.remote(num_cpus=0)
+class DroppedSamples:
+    """Counts, per task, the samples the stream dropped because their prompt fills max_length."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, counts: dict[str, int]) -> None:
+        self._counts.update(counts)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def read_manifest(shards: Location) -> dict[str, Any]:
+    """The manifest of an ingest at `shards`."""
+    location = shards.join(MANIFEST)
+    if not location.exists():
+        raise P2MedError(f"no {MANIFEST} at {shards.uri}: run `p2med ingest` into it first")
+    manifest = json.loads(location.read_text())
+    if manifest.get("kind") != KIND:
+        raise P2MedError(f"{location.uri} is not a P2Med shards manifest")
+    if not manifest["shards"]:
+        raise P2MedError(f"the ingest at {shards.uri} wrote no shards")
+    return manifest
+
+
+def shard_paths(shards: Location, manifest: dict[str, Any]) -> list[str]:
+    """The shard files the manifest lists, as `shards.arrow_filesystem()` spells them."""
+    return [shards.join(manifest["data"], entry["path"]).arrow_path() for entry in manifest["shards"]]
+
+
+def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageDataConfig) -> StreamSpec:
+    """The transform's settings for a stage; fails here, on the driver, on bad arguments."""
+    if stage not in (1, 2, 3):
+        raise P2MedError(f"stage {stage!r} does not exist; training stages are 1, 2 and 3")
+    if split not in SPLITS:
+        raise P2MedError(f"split {split!r} does not exist; splits are {', '.join(SPLITS)}")
+    weights = config.task_weights.model_dump()
+    if stage == 3 and not any(weights.values()):
+        raise P2MedError("every stage-3 task weight is 0; give at least one task a weight above 0")
+    try:
+        tokenizer = load_tokenizer(config.tokenizer)
+    except (OSError, ValueError) as exc:
+        raise P2MedError(f"tokenizer {config.tokenizer!r} cannot be loaded: {exc}") from None
+    imaging = manifest["imaging"]
+    return StreamSpec(
+        stage=stage,
+        split=split,
+        tokenizer=tokenizer,
+        max_length=config.max_length,
+        weights=weights,
+        seed=config.seed,
+        xray_shape=(imaging["xray_size"],) * 2,
+        ct_shape=(imaging["ct_slices"], imaging["ct_size"], imaging["ct_size"]),
+    )
+
+
+def columns_for(stage: int) -> list[str]:
+    """Shard columns a stage reads: stage 1 skips the pixels."""
+    return ["split", *TEXT_COLUMNS] if stage == 1 else ["patient", "split", "xray", "ct", *TEXT_COLUMNS]
+
+
+def read_shard(path: str, stage: int, filesystem: Any) -> Iterator[pa.Table]:
+    """The rows of one shard file that a stage needs, `ROWS_PER_BATCH` at a time."""
+    with filesystem.open_input_file(path) as f:
+        for rows in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns_for(stage)):
+            yield pa.Table.from_batches([rows])
+
+
+def stage_dataset(
+    shards: Location, stage: int, split: str, config: StageDataConfig, dropped: Any = None
+) -> ray.data.Dataset:
+    """The samples of `stage` from the `split` patients of an ingest, as a lazy Ray Dataset.
+
+    One Ray task per shard file reads it and encodes its rows, so shard bytes never pass
+    through the object store, and as many files run in parallel as there are CPUs (the
+    ingest's `shard_target_mb` sets the file count).
+
+    Args:
+        dropped: a `DroppedSamples` actor handle that counts the samples skipped because
+            their prompt alone fills max_length; None skips them uncounted.
+    """
+    manifest = read_manifest(shards)
+    spec = stream_spec(manifest, stage, split, config)
+    paths = shard_paths(shards, manifest)
+    # Not ray.data.read_parquet: in Ray 2.60 it reads footers on an actor pool started for
+    # every pass (~1.3 s) and bin-packs files into 128 MiB read tasks whatever
+    # override_num_blocks says, so a 300-patient ingest ran as one task on one CPU.
+    items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
+    return items.map_batches(
+        _encode_shards,
+        fn_kwargs={"spec": spec, "filesystem": shards.arrow_filesystem(), "dropped": dropped},
+        batch_size=1,
+    )
+
+
+def _encode_shards(
+    batch: dict[str, np.ndarray], spec: StreamSpec, filesystem: Any, dropped: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray task: shard paths -> blocks of encoded samples, streamed as they are made."""
+    for path in batch["path"]:
+        for rows in read_shard(str(path), spec.stage, filesystem):
+            arrays, too_long = encode_rows(rows, spec)
+            if too_long and dropped is not None:
+                ray.get(dropped.add.remote(too_long))
+            if len(arrays["input_ids"]):
+                yield arrays
+
+
+def encode_rows(batch: pa.Table, spec: StreamSpec) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Shard rows -> the stage's sample tensors (see the module docstring), and how many
+    samples per task were dropped because their prompt fills max_length."""
+    rows = batch.filter(pc.equal(batch["split"], spec.split)).to_pylist()
+    pairs = [(row, sample) for row in rows for sample in _mixed(row, spec)]
+    tok = spec.tokenizer
+    prompts = tok([s.prompt for _, s in pairs], add_special_tokens=True).input_ids if pairs else []
+    targets = tok([s.target for _, s in pairs], add_special_tokens=False).input_ids if pairs else []
+    kept, too_long = [], collections.Counter()
+    for (row, sample), prompt, target in zip(pairs, prompts, targets, strict=True):
+        if len(prompt) >= spec.max_length:  # no room for a single target token
+            too_long[sample.task] += 1
+        else:
+            kept.append((row, sample, prompt, [*target, tok.eos_token_id]))
+    n, length = len(kept), spec.max_length
+    out = {
+        "input_ids": np.full((n, length), tok.pad_token_id, dtype=np.int64),
+        "attention_mask": np.zeros((n, length), dtype=np.int64),
+        "labels": np.full((n, length), IGNORE_INDEX, dtype=np.int64),
+    }
+    for i, (_, _, prompt, target) in enumerate(kept):
+        sequence = prompt + target[: length - len(prompt)]
+        out["input_ids"][i, : len(sequence)] = sequence
+        out["attention_mask"][i, : len(sequence)] = 1
+        out["labels"][i, len(prompt) : len(sequence)] = sequence[len(prompt) :]
+    out["labels"][out["input_ids"] == tok.convert_tokens_to_ids(IMAGE_TOKEN)] = IGNORE_INDEX
+    if spec.stage > 1:
+        out |= _images(kept, spec)
+        out["task"] = np.array([TASKS.index(s.task) for _, s, _, _ in kept], dtype=np.int64)
+    return out, dict(too_long)
+
+
+def _mixed(row: dict[str, Any], spec: StreamSpec) -> list[Sample]:
+    samples = stage_samples(row, spec.stage)
+    if spec.stage != 3:
+        return samples
+    return [
+        s for s in samples for _ in range(copies(spec.weights[s.task], spec.seed, row["patient"], s.task))
+    ]
+
+
+def copies(weight: float, seed: int, patient: str, task: str) -> int:
+    """How many times a (patient, task) pair enters stage 3: floor(weight), plus one more
+    when a uniform draw keyed on (seed, patient, task) falls below weight's fraction."""
+    digest = hashlib.blake2b(f"{seed}/{patient}/{task}".encode(), digest_size=8).digest()
+    draw = int.from_bytes(digest, "big") / 2**64
+    whole = int(weight)
+    return whole + int(draw < weight - whole)
+
+
+def _images(kept: list[tuple[dict, Sample, list, list]], spec: StreamSpec) -> dict[str, np.ndarray]:
+    """(N, S, S) and (N, D, H, W) float32 pixels with (N,) flags; zeros where a sample shows none."""
+    shapes = {"xray": spec.xray_shape, "ct": spec.ct_shape}
+    out = {}
+    for kind, shape in shapes.items():
+        pixels = np.zeros((len(kept), *shape), dtype=np.float32)
+        shown = np.zeros(len(kept), dtype=np.int64)
+        decoded: dict[int, np.ndarray] = {}  # a patient's samples share its images: convert once
+        for i, (row, sample, _, _) in enumerate(kept):
+            if kind in sample.images:
+                if id(row) not in decoded:
+                    decoded[id(row)] = (
+                        np.frombuffer(row[kind], dtype=np.float16).reshape(shape).astype(np.float32)
+                    )
+                pixels[i] = decoded[id(row)]
+                shown[i] = 1
+        out[kind], out[f"has_{kind}"] = pixels, shown
+    return out
+
+
+def corpus(shards: Location, split: str = "train") -> Iterator[str]:
+    """Texts to train a tokenizer on: every report and record of the split's patients, and
+    the instruction of each task they feed (so instructions weigh as in stage 3).
+
+    Reads the text columns with pyarrow on the caller's process; no Ray needed.
+    """
+    manifest = read_manifest(shards)
+    fs = shards.arrow_filesystem()
+    for path in shard_paths(shards, manifest):
+        table = pq.read_table(path, filesystem=fs, columns=["split", *TEXT_COLUMNS])
+        for row in table.filter(pc.equal(table["split"], split)).to_pylist():
+            yield from row_texts(row)
+            yield from (INSTRUCTIONS[task] for task in tasks_for(row))
