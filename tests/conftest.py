@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 
+from p2med.platform.local_s3 import local_s3_server
 from p2med.platform.storage import StorageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,26 +25,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """URL of a moto S3 server in its own process, up for the whole test session."""
-    port = free_port()
-    server = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with local_s3_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
