@@ -17,3 +17,5 @@ test: lint
 
 bench: setup
 	.venv/bin/python bench/synth.py
+	.venv/bin/python bench/ingest.py
+	.venv/bin/python bench/stream.py
