@@ -185,21 +185,23 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
     quarantined += work.quarantined
 
     data_dir = shards.join(f"{DATA_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
-    log = QuarantineLog.remote()
-    items = ray.data.from_items(work.items, override_num_blocks=max(1, min(len(work.items), blocks)))
-    decoded = items.map_batches(
-        _decode_batch,
-        fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage, "imaging": config.imaging, "log": log},
-        batch_format="pyarrow",
-        batch_size=8,
-    )
-    decoded.write_parquet(
-        data_dir.arrow_path(),
-        filesystem=data_dir.arrow_filesystem(),
-        min_rows_per_file=_rows_per_shard(config, work.items),
-    )
-    quarantined += [Quarantined(path, Reason(reason), detail) for path, reason, detail in ray.get(log.entries.remote())]
-    ray.kill(log)
+    if work.items:  # a store of broken inputs only still gets a manifest with its quarantine
+        log = QuarantineLog.remote()
+        items = ray.data.from_items(work.items, override_num_blocks=min(len(work.items), blocks))
+        decoded = items.map_batches(
+            _decode_batch,
+            fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage, "imaging": config.imaging, "log": log},
+            batch_format="pyarrow",
+            batch_size=8,
+        )
+        decoded.write_parquet(
+            data_dir.arrow_path(),
+            filesystem=data_dir.arrow_filesystem(),
+            min_rows_per_file=_rows_per_shard(config, work.items),
+        )
+        failures = ray.get(log.entries.remote())
+        quarantined += [Quarantined(path, Reason(reason), detail) for path, reason, detail in failures]
+        ray.kill(log)
 
     shard_entries, samples, patients = _describe_shards(data_dir)
     manifest = {

@@ -186,3 +186,14 @@ def test_raw_and_shards_on_s3(bucket, s3_storage, ray_local):
     for entry in manifest["shards"]:
         shard = shards.join(manifest["data"], entry["path"])
         assert hashlib.sha256(shard.read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_a_store_of_broken_inputs_only(tmp_path, ray_local):
+    raw = tmp_path / "raw"
+    (raw / "dicom").mkdir(parents=True)
+    (raw / "dicom/broken.dcm").write_bytes(b"<html>502 Bad Gateway</html>")
+    (raw / "records.jsonl").write_text('{"patient_id": "MRN1", "record_type": "outpa\n')
+    summary = ingest(resolve(str(raw)), resolve(str(tmp_path / "shards")), CONFIG)
+    assert summary.patients == 0
+    assert summary.quarantined == {"unreadable_file": 1, "malformed_jsonl": 1}
+    assert manifest_of(tmp_path / "shards")["shards"] == []
