@@ -21,5 +21,5 @@ class IngestConfig(Config):
     """Patient-level train / val / bench split."""
     shard_target_mb: float = Field(64.0, gt=0)
     """Target size of one Parquet shard in MB (before compression)."""
-    blocks_per_cpu: int = Field(8, ge=1)
+    blocks_per_cpu: int = Field(4, ge=1)
     """Ray Data blocks per CPU for each pass: more blocks balance load, fewer cost less."""
