@@ -220,12 +220,6 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
-    def makedirs(self) -> None:
-        """Create this folder (local); S3 has no folders, so there it is a no-op."""
-        if not self.is_s3:
-            with self._errors("create"):
-                os.makedirs(self.path, exist_ok=True)
-
     def remove(self) -> None:
         """Delete this file or folder and everything below it; absent is fine."""
         with self._errors("delete"):
