@@ -5,13 +5,14 @@
 Two Ray Data passes over file paths (workers read the files themselves, so bytes never
 travel through the object store): the first reads DICOM headers, the driver joins them
 with reports and records into per-patient work items (`ingest_plan`), the second decodes
-pixels (`imaging`) and writes Parquet shards straight from the workers. Inputs that cannot
-be used are quarantined with a reason; the run goes on.
+pixels (`imaging`), one block of patients per task, and each task writes its block as one
+Parquet shard and returns the shard's checksum and counts, so the driver never reads shards
+back. Inputs that cannot be used are quarantined with a reason; the run goes on.
 
 Layout under the shards location:
 
-    data-<run id>/*.parquet   one row per patient (schema: SHARD_SCHEMA)
-    manifest.json             written last; names the data folder it covers
+    data-<run id>/part-<sha256 prefix>.parquet   one row per patient (SHARD_SCHEMA)
+    manifest.json                               written last; names the data folder
 
 Readers follow the manifest, so they never see a half-written data set; a rerun writes a
 new data folder, swaps the manifest, then removes the old folder.
@@ -86,20 +87,6 @@ class IngestSummary:
         return self.files_read / self.seconds if self.seconds else float("inf")
 
 
-@ray.remote(num_cpus=0)
-class QuarantineLog:
-    """Collects what the decode workers set aside while the stream flows on."""
-
-    def __init__(self) -> None:
-        self._entries: list[dict] = []
-
-    def add(self, entries: list[dict]) -> None:
-        self._entries += entries
-
-    def entries(self) -> list[dict]:
-        return self._entries
-
-
 def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageConfig) -> dict[str, list]:
     """Pass 1: each path -> its header, or why it cannot be used (JSON). Runs in Ray Data
     workers; also usable in one process."""
@@ -144,12 +131,42 @@ def decode_rows(items: list[dict], raw: Location, imaging: ImagingConfig) -> tup
     return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), failures
 
 
-def _decode_batch(batch: pa.Table, raw_uri: str, storage: StorageConfig, imaging: ImagingConfig, log) -> pa.Table:
-    """Ray Data pass 2, in a worker: decode, and report what was set aside to `log`."""
-    table, failures = decode_rows(batch.to_pylist(), resolve(raw_uri, storage), imaging)
-    if failures:
-        ray.get(log.add.remote(failures))
-    return table
+@dataclass
+class ShardResult:
+    """What one decode task wrote: its manifest entry (None if no row survived), its
+    samples per task and split, and every image it set aside as [path, reason, detail]."""
+
+    entry: dict | None
+    samples: dict[str, dict[str, int]]
+    failures: list[list[str]]
+
+
+def write_shard(items: list[dict], raw: Location, data_dir: Location, imaging: ImagingConfig) -> ShardResult:
+    """Decode `items` into one Parquet shard in `data_dir`, named by its checksum. The
+    checksum and counts come from the bytes written, so nobody reads shards back."""
+    table, failures = decode_rows(items, raw, imaging)
+    samples = {task: dict.fromkeys(SPLITS, 0) for task in TASKS}
+    for row in table.select(["split", *TEXT_COLUMNS]).to_pylist():
+        for task in tasks_for(row):
+            samples[task][row["split"]] += 1
+    if not table.num_rows:
+        return ShardResult(None, samples, failures)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"part-{digest[:16]}.parquet"
+    data_dir.join(name).write_bytes(data)
+    return ShardResult({"path": name, "rows": table.num_rows, "sha256": digest}, samples, failures)
+
+
+def _write_shard_batch(
+    batch: pa.Table, raw: tuple, data_dir: tuple, imaging: ImagingConfig
+) -> dict[str, list]:
+    """Ray Data pass 2, in a worker: one block of work items -> one shard. `raw` and
+    `data_dir` are (uri, StorageConfig) pairs: a Location holds an open filesystem."""
+    result = write_shard(batch.to_pylist(), resolve(*raw), resolve(*data_dir), imaging)
+    return {"result": [json.dumps(result.__dict__)]}
 
 
 def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSummary:
@@ -185,25 +202,35 @@ def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSumma
     quarantined += work.quarantined
 
     data_dir = shards.join(f"{DATA_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    results = []
     if work.items:  # a store of broken inputs only still gets a manifest with its quarantine
-        log = QuarantineLog.remote()
-        items = ray.data.from_items(work.items, override_num_blocks=min(len(work.items), blocks))
-        decoded = items.map_batches(
-            _decode_batch,
-            fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage, "imaging": config.imaging, "log": log},
-            batch_format="pyarrow",
-            batch_size=8,
+        shard_count = max(
+            -(-len(work.items) // rows_per_shard(config, work.items)), min(len(work.items), blocks)
         )
-        decoded.write_parquet(
-            data_dir.arrow_path(),
-            filesystem=data_dir.arrow_filesystem(),
-            min_rows_per_file=_rows_per_shard(config, work.items),
-        )
-        failures = ray.get(log.entries.remote())
-        quarantined += [Quarantined(path, Reason(reason), detail) for path, reason, detail in failures]
-        ray.kill(log)
+        results = [
+            ShardResult(**json.loads(row["result"]))
+            for row in ray.data.from_items(work.items, override_num_blocks=shard_count)
+            .map_batches(
+                _write_shard_batch,
+                fn_kwargs={
+                    "raw": (raw.uri, raw.storage),
+                    "data_dir": (data_dir.uri, data_dir.storage),
+                    "imaging": config.imaging,
+                },
+                batch_format="pyarrow",
+                batch_size=None,  # one block, one shard
+            )
+            .take_all()
+        ]
+    shard_entries = sorted((r.entry for r in results if r.entry), key=lambda e: e["path"])
+    samples = {
+        task: {split: sum(r.samples[task][split] for r in results) for split in SPLITS} for task in TASKS
+    }
+    patients = sum(e["rows"] for e in shard_entries)
+    quarantined += [
+        Quarantined(path, Reason(reason), detail) for r in results for path, reason, detail in r.failures
+    ]
 
-    shard_entries, samples, patients = _describe_shards(data_dir)
     manifest = {
         "kind": KIND,
         "schema_version": SCHEMA_VERSION,
@@ -252,30 +279,11 @@ def _public(entry: Quarantined, pseudonyms: Pseudonymizer) -> dict:
     return {"input": name, "reason": entry.reason.value, "detail": entry.detail}
 
 
-def _rows_per_shard(config: IngestConfig, items: list[dict]) -> int:
+def rows_per_shard(config: IngestConfig, items: list[dict]) -> int:
     img = config.imaging
     ct_share = sum(bool(i["ct_paths"]) for i in items) / max(len(items), 1)
     row_bytes = 2 * img.xray_size**2 + ct_share * 2 * img.ct_slices * img.ct_size**2 + 8_000
     return max(1, int(config.shard_target_mb * 1e6 / row_bytes))
-
-
-def _describe_shards(data_dir: Location) -> tuple[list[dict], dict[str, dict[str, int]], int]:
-    """Per shard: path, rows, SHA-256; per task and split: samples; and the patient count."""
-    entries = []
-    samples = {task: dict.fromkeys(SPLITS, 0) for task in TASKS}
-    patients = 0
-    for name in data_dir.list_files():
-        if not name.endswith(".parquet"):
-            continue
-        shard = data_dir.join(name)
-        data = shard.read_bytes()
-        table = pq.read_table(pa.BufferReader(data), columns=["split", *TEXT_COLUMNS])  # one read per shard
-        for row in table.to_pylist():
-            for task in tasks_for(row):
-                samples[task][row["split"]] += 1
-        patients += table.num_rows
-        entries.append({"path": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()})
-    return entries, samples, patients
 
 
 def _check_shards_location(shards: Location) -> None:
