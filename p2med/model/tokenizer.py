@@ -64,3 +64,14 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     if tok.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tok.unk_token_id):
         raise ValueError(f"tokenizer at {path} has no {IMAGE_TOKEN} token; train it with train_bpe_tokenizer")
     return tok
+
+
+def with_image_token(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A pretrained LLM's tokenizer made ready for images: `<image>` added as a special
+    token (its id may lie past the LLM's vocabulary: the model never embeds it) and a pad
+    token set to `<unk>` or `</s>` when it has none, so no embedding row is added."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,60 @@
+"""Model folders on local disk or in object storage (any fsspec URL, e.g. s3://).
+
+Hugging Face and peft read and write local folders only, so remote folders are copied to
+a local cache on load and uploaded from a temporary folder on save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import fsspec
+
+CACHE_ENV = "P2MED_MODEL_CACHE"
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def remote(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `uri` (`fs` when given, e.g. one with S3 credentials) and its path there."""
+    if fs is None:
+        return fsspec.core.url_to_fs(uri)
+    return fs, fs._strip_protocol(uri)
+
+
+def cached_copy(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
+    """A local folder with the contents of `uri`: the folder itself when local, else a
+    copy under $P2MED_MODEL_CACHE (default ~/.cache/p2med/models) made on first use. For
+    pretrained bases, which do not change under one URI; checkpoints use `download`."""
+    if not is_remote(uri):
+        return local_path(uri)
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "p2med" / "models"))
+    target = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        download(uri, str(target), fs)
+        done.touch()
+    return str(target)
+
+
+def upload(local: str, uri: str, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    """Copy the local folder `local` to the remote folder `uri`."""
+    fs, path = remote(uri, fs)
+    fs.put(local.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
+
+
+def download(uri: str, local: str, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    """Copy the remote folder `uri` into the local folder `local`."""
+    fs, path = remote(uri, fs)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"no model folder at {uri}")
+    fs.get(path.rstrip("/") + "/", local.rstrip("/") + "/", recursive=True)

@@ -1,0 +1,123 @@
+"""P2Med-MLLM: vision encoder -> perceiver resampler -> LLaMA (with LoRA), interleaved.
+
+model = presets.tiny(tokenizer)
+out = model(input_ids, attention_mask, labels, Images.from_batch(batch))
+out.loss.backward()
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from p2med.model.config import ModelConfig
+from p2med.model.interleave import Images, Interleaved, expanded_length, interleave
+from p2med.model.resampler import PerceiverResampler
+from p2med.model.vision import VisionEncoder
+
+
+class P2MedModel(nn.Module):
+    """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        vision: VisionEncoder,
+        resampler: PerceiverResampler,
+        llm: PeftModel | LlamaForCausalLM,
+        image_token_id: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = vision
+        self.resampler = resampler
+        self.llm = llm
+        self.image_token_id = image_token_id
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.config.max_position_embeddings
+
+    def encode_images(self, images: Images) -> torch.Tensor:
+        """Images -> latents in the LLM's width (P, N, D), in placeholder reading order."""
+        encoded = {}
+        if images.xray is not None and len(images.xray):
+            encoded["xray"] = self.resampler(*self.vision.encode_xray(images.xray))
+        if images.ct is not None and len(images.ct):
+            encoded["ct"] = self.resampler(*self.vision.encode_ct(images.ct))
+        order = [kind for kinds in images.kinds for kind in kinds]
+        if not order:
+            width = self.resampler.projection.out_features
+            return torch.zeros(0, self.config.resampler.latents, width, dtype=self.dtype, device=self.device)
+        taken = dict.fromkeys(encoded, 0)
+        picked = []
+        for kind in order:
+            picked.append(encoded[kind][taken[kind]])
+            taken[kind] += 1
+        return torch.stack(picked)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        images: Images | None,
+        align: Literal["right", "left"] = "right",
+    ) -> Interleaved:
+        """Token ids (B, L) with `<image>` placeholders + images -> the LLM's input.
+
+        Raises:
+            ValueError: an empty batch or sample, placeholders and images that do not pair
+                up, images of the wrong shape, or a sequence longer than the LLM's context.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (B, L) with L > 0; got {tuple(input_ids.shape)}")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)} in shape"
+            )
+        empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"sample {empty[0]} is empty: an empty prompt gives the model nothing to read")
+        images = images or Images.none(len(input_ids))
+        images.check((input_ids == self.image_token_id).sum(1).tolist())
+        length = expanded_length(input_ids, self.image_token_id, self.config.resampler.latents)
+        if length > self.context_length:
+            raise ValueError(
+                f"the sequence needs {length} positions (each image takes {self.config.resampler.latents}) "
+                f"but the LLM's context is {self.context_length}; shorten the prompt or max_length"
+            )
+        latents = self.encode_images(images)
+        embed = self.llm.get_input_embeddings()
+        return interleave(input_ids, attention_mask, labels, latents, self.image_token_id, embed, align)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        images: Images | None = None,
+    ) -> CausalLMOutputWithPast:
+        """Logits (B, L', V) and, with `labels` (B, L), the mean next-token loss over the
+        labelled text positions (the LLM shifts the labels itself)."""
+        x = self.embed(input_ids, attention_mask, labels, images)
+        return self.llm(
+            inputs_embeds=x.inputs_embeds,
+            attention_mask=x.attention_mask,
+            position_ids=x.position_ids,
+            labels=x.labels,
+            use_cache=False,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.resampler.latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.resampler.latents.dtype

@@ -1,0 +1,109 @@
+"""The interleaved forward pass: image slots, masks, labels, padding, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from p2med.model.interleave import IGNORE_INDEX, Images, expanded_length
+from p2med.model.tokenizer import IMAGE_TOKEN
+from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, xrays
+
+
+def test_forward_on_a_mixed_batch(model, tokenizer):
+    ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+    out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images())
+    length = expanded_length(ids, model.image_token_id, model.config.resampler.latents)
+    assert out.logits.shape == (4, length, model.llm.config.vocab_size)
+    assert torch.isfinite(out.loss)
+
+
+def test_each_placeholder_holds_its_images_latents_in_reading_order(model, tokenizer):
+    ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    images = mixed_images()
+    x = model.embed(ids, mask, labels, images)
+    latents = model.encode_images(images)  # (4 images, N, D): xray0, ct0, xray1, ct1
+    n = model.config.resampler.latents
+    image_id = model.image_token_id
+    expected_order = {0: [0], 1: [1], 3: [2, 3]}
+    for row, image_indexes in expected_order.items():
+        placeholders = (ids[row] == image_id).nonzero().flatten().tolist()
+        for k, (col, image) in enumerate(zip(placeholders, image_indexes, strict=True)):
+            start = col + k * (n - 1)  # earlier placeholders of the row pushed this one right
+            assert torch.equal(x.inputs_embeds[row, start : start + n], latents[image])
+            assert x.labels[row, start : start + n].eq(IGNORE_INDEX).all()
+            assert x.attention_mask[row, start : start + n].eq(1).all()
+    # text labels survive in order, and nothing else is labelled
+    for row in range(4):
+        kept = x.labels[row][x.labels[row] != IGNORE_INDEX]
+        want = labels[row][(labels[row] != IGNORE_INDEX) & (ids[row] != image_id)]
+        assert torch.equal(kept, want)
+        assert x.attention_mask[row].sum() == mask[row].sum() + (ids[row] == image_id).sum() * (n - 1)
+
+
+def test_padding_does_not_change_a_samples_logits(model, tokenizer):
+    texts = [MIXED_TEXTS[1], MIXED_TEXTS[3]]  # a short CT sample next to a longer two-image one
+    ids, mask = right_padded(tokenizer, texts)
+    both = model(ids, mask, images=Images([["ct"], ["xray", "ct"]], xray=xrays(1), ct=cts(2)))
+    alone_ids, alone_mask = right_padded(tokenizer, texts[:1])
+    alone = model(alone_ids, alone_mask, images=Images([["ct"]], ct=cts(2)[:1]))
+    length = alone.logits.shape[1]
+    torch.testing.assert_close(both.logits[0, :length], alone.logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_text_only_samples_take_the_llms_own_path(model, tokenizer):
+    ids, mask = right_padded(tokenizer, ["Impression: pneumonia.", "No pleural effusion seen today."])
+    ours = model(ids, mask).logits
+    plain = model.llm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    real = mask.bool()  # padding positions differ (zeros vs the pad embedding) and are masked anyway
+    torch.testing.assert_close(ours[real], plain[real], atol=1e-5, rtol=1e-4)
+
+
+def test_images_from_a_stage_dataset_batch():
+    batch = {
+        "input_ids": torch.zeros(3, 5, dtype=torch.long),
+        "xray": xrays(3),
+        "ct": cts(3),
+        "has_xray": torch.tensor([1, 0, 1]),
+        "has_ct": torch.tensor([0, 1, 1]),
+    }
+    images = Images.from_batch(batch)
+    assert images.kinds == [["xray"], ["ct"], ["xray", "ct"]]
+    assert torch.equal(images.xray, batch["xray"][[0, 2]])
+    assert torch.equal(images.ct, batch["ct"][[1, 2]])
+    text_only = Images.from_batch({"input_ids": torch.zeros(2, 5, dtype=torch.long)})
+    assert text_only.kinds == [[], []] and text_only.xray is None
+
+
+@pytest.mark.parametrize(
+    ("text", "images", "message"),
+    [
+        (f"{IMAGE_TOKEN} a", Images([["xray"]], xray=torch.rand(1, 64, 64)), "X-ray pixels must be"),
+        (f"{IMAGE_TOKEN} a", Images([["xray"]], xray=torch.rand(128, 128)), "X-ray pixels must be"),
+        (f"{IMAGE_TOKEN} a", Images([["ct"]], ct=torch.rand(1, 8, 64, 64)), "CT volumes must be"),
+        (f"{IMAGE_TOKEN} a", Images([["ct"]], ct=torch.rand(16, 64, 64)), "CT volumes must be"),
+        (f"{IMAGE_TOKEN}{IMAGE_TOKEN} a", Images([["xray"]], xray=xrays(1)), "2 <image> placeholders but 1 images"),
+        (f"{IMAGE_TOKEN} a", Images([["xray", "ct"]], xray=xrays(1), ct=cts(1)), "1 <image> placeholders but 2"),
+        ("no placeholder", Images([["xray"]], xray=xrays(1)), "0 <image> placeholders but 1 images"),
+        (f"{IMAGE_TOKEN} a", Images([["xray"]], xray=xrays(2)), "name 1 xray images but 2 are given"),
+        (f"{IMAGE_TOKEN} a", Images([["mri"]]), "unknown image kinds"),
+        (f"{IMAGE_TOKEN} a", None, "1 <image> placeholders but 0 images"),
+    ],
+)
+def test_bad_images_are_named(model, tokenizer, text, images, message):
+    ids, mask = right_padded(tokenizer, [text])
+    with pytest.raises(ValueError, match=message):
+        model(ids, mask, images=images)
+
+
+def test_empty_and_overlong_prompts_are_refused(model, tokenizer):
+    with pytest.raises(ValueError, match="L > 0"):
+        model(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long))
+    ids, _ = right_padded(tokenizer, ["a b c"])
+    with pytest.raises(ValueError, match="sample 0 is empty"):
+        model(ids, torch.zeros_like(ids))
+    long = torch.full((1, model.context_length - 10), 7)
+    long[0, :2] = model.image_token_id  # 2 images push it past the context
+    with pytest.raises(ValueError, match="context is 1024"):
+        model(long, torch.ones_like(long), images=Images([["xray", "xray"]], xray=xrays(2)))
