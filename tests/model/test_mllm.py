@@ -83,8 +83,16 @@ def test_images_from_a_stage_dataset_batch():
         (f"{IMAGE_TOKEN} a", Images([["xray"]], xray=torch.rand(128, 128)), "X-ray pixels must be"),
         (f"{IMAGE_TOKEN} a", Images([["ct"]], ct=torch.rand(1, 8, 64, 64)), "CT volumes must be"),
         (f"{IMAGE_TOKEN} a", Images([["ct"]], ct=torch.rand(16, 64, 64)), "CT volumes must be"),
-        (f"{IMAGE_TOKEN}{IMAGE_TOKEN} a", Images([["xray"]], xray=xrays(1)), "2 <image> placeholders but 1 images"),
-        (f"{IMAGE_TOKEN} a", Images([["xray", "ct"]], xray=xrays(1), ct=cts(1)), "1 <image> placeholders but 2"),
+        (
+            f"{IMAGE_TOKEN}{IMAGE_TOKEN} a",
+            Images([["xray"]], xray=xrays(1)),
+            "2 <image> placeholders but 1 images",
+        ),
+        (
+            f"{IMAGE_TOKEN} a",
+            Images([["xray", "ct"]], xray=xrays(1), ct=cts(1)),
+            "1 <image> placeholders but 2",
+        ),
         ("no placeholder", Images([["xray"]], xray=xrays(1)), "0 <image> placeholders but 1 images"),
         (f"{IMAGE_TOKEN} a", Images([["xray"]], xray=xrays(2)), "name 1 xray images but 2 are given"),
         (f"{IMAGE_TOKEN} a", Images([["mri"]]), "unknown image kinds"),

@@ -1,0 +1,122 @@
+"""Generation: the KV cache changes nothing, batching changes nothing, stops and limits
+hold, streaming adds up, and text-only decoding matches transformers' own `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from p2med.model.generation import GenerationSettings, encode_prompts, generate, generate_tokens, stream
+from p2med.model.interleave import Images
+from p2med.model.tokenizer import IMAGE_TOKEN
+from tests.model.conftest import cts, xrays
+
+PROMPTS = [f"{IMAGE_TOKEN}\nWrite the report.", f"{IMAGE_TOKEN}\nChest CT shows", "Impression:"]
+
+
+def images() -> Images:
+    return Images([["xray"], ["ct"], []], xray=xrays(1), ct=cts(1))
+
+
+def tokens(model, tokenizer, prompts, imgs, settings) -> list[list[int]]:
+    ids, mask = encode_prompts(tokenizer, prompts)
+    rows = [[] for _ in prompts]
+    for step in generate_tokens(model, tokenizer, ids, mask, imgs, settings):
+        for row, token in zip(rows, step.tolist(), strict=True):
+            if token >= 0:
+                row.append(token)
+    return rows
+
+
+def test_the_cache_changes_nothing(model, tokenizer):
+    settings = GenerationSettings(max_new_tokens=12)
+    cached = tokens(model, tokenizer, PROMPTS, images(), settings)
+    uncached = tokens(
+        model, tokenizer, PROMPTS, images(), GenerationSettings(max_new_tokens=12, use_cache=False)
+    )
+    assert cached == uncached and all(len(r) == 12 for r in cached)
+
+
+def test_batching_changes_nothing(model, tokenizer):
+    settings = GenerationSettings(max_new_tokens=8)
+    batched = tokens(model, tokenizer, PROMPTS, images(), settings)
+    alone = [
+        tokens(model, tokenizer, [PROMPTS[0]], Images([["xray"]], xray=xrays(1)), settings)[0],
+        tokens(model, tokenizer, [PROMPTS[1]], Images([["ct"]], ct=cts(1)), settings)[0],
+        tokens(model, tokenizer, [PROMPTS[2]], None, settings)[0],
+    ]
+    assert batched == alone
+
+
+def test_text_only_greedy_matches_transformers_generate(model, tokenizer):
+    ids, mask = encode_prompts(tokenizer, ["Impression:", "Findings: consolidation in the"])
+    ours = tokens(
+        model, tokenizer, ["Impression:", "Findings: consolidation in the"], None, GenerationSettings(10)
+    )
+    theirs = model.llm.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=10,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
+        bad_words_ids=[
+            [tokenizer.pad_token_id],
+            [tokenizer.bos_token_id],
+            [tokenizer.unk_token_id],
+            [model.image_token_id],
+        ],
+    )
+    assert [row[ids.shape[1] :].tolist() for row in theirs] == ours
+
+
+def test_stop_tokens_and_the_token_limit(model, tokenizer):
+    free = tokens(model, tokenizer, PROMPTS, images(), GenerationSettings(max_new_tokens=6))
+    stop = free[0][2]  # row 0 stops before its third token (and every row at its first of this id)
+    stopped = tokens(
+        model, tokenizer, PROMPTS, images(), GenerationSettings(max_new_tokens=6, stop_token_ids=(stop,))
+    )
+    for row, full in zip(stopped, free, strict=True):
+        assert row == (full[: full.index(stop)] if stop in full else full)
+    assert all(
+        len(r) <= 3 for r in tokens(model, tokenizer, PROMPTS, images(), GenerationSettings(max_new_tokens=3))
+    )
+
+
+def test_stream_adds_up_to_generate(model, tokenizer):
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    settings = GenerationSettings(max_new_tokens=10)
+    texts = generate(model, tokenizer, ids, mask, images(), settings)
+    streamed = [""] * len(PROMPTS)
+    for deltas in stream(model, tokenizer, ids, mask, images(), settings):
+        streamed = [s + d for s, d in zip(streamed, deltas, strict=True)]
+    assert streamed == texts
+
+
+def test_sampling_is_seeded(model, tokenizer):
+    def sample(seed):
+        settings = GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=0.95, seed=seed)
+        return tokens(model, tokenizer, PROMPTS, images(), settings)
+
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+def test_never_generates_padding_or_image_tokens(model, tokenizer):
+    with torch.no_grad():  # make padding the model's favourite token
+        model.llm.get_output_embeddings().weight[tokenizer.pad_token_id] = (
+            10 * model.llm.get_output_embeddings().weight.abs().max()
+        )
+    out = tokens(model, tokenizer, PROMPTS, images(), GenerationSettings(max_new_tokens=5))
+    assert not {tokenizer.pad_token_id, model.image_token_id} & {t for row in out for t in row}
+
+
+def test_bad_generation_input_is_named(model, tokenizer):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        encode_prompts(tokenizer, ["Impression:", "  "])
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        GenerationSettings(max_new_tokens=0)
+    long = " ".join(["consolidation"] * 1100)
+    ids, mask = encode_prompts(tokenizer, [long])
+    with pytest.raises(ValueError, match="context"):
+        generate(model, tokenizer, ids, mask)
