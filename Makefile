@@ -19,3 +19,4 @@ bench: setup
 	.venv/bin/python bench/synth.py
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/stream.py
+	.venv/bin/python bench/generate.py

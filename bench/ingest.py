@@ -9,8 +9,9 @@ and run the same functions: header reads, the join and de-identification plan, D
 decode and transforms, Parquet shard writes with checksums. Both are warmed up first on a
 small store (loading torch and MONAI is start-up cost, not throughput). This VM's CPU speed
 drifts by up to a third between minutes, so the two sides run alternately and the best
-run of each counts. Peak memory is the largest resident set of this process and all its children (Ray's raylet and workers)
-together, sampled every 0.1 s. The last line is the pasteable result.
+run of each counts. Peak memory is the largest resident set of this process and all its
+children (Ray's raylet and workers) together, sampled every 0.1 s. The last line is the
+pasteable result.
 """
 
 from __future__ import annotations
