@@ -7,6 +7,7 @@ Layout:
 
     p2med_config.json         ModelConfig; written last, so a folder without it is incomplete
     resampler.safetensors     perceiver resampler and projection
+    alignment.safetensors     stage 2's contrastive head (training only)
     vision.safetensors        vision encoder (CLIP weights only when not a pretrained, untrained CLIP)
     llm/                      the LLaMA base (config.json, model.safetensors) when it is not a
                               pretrained, untrained one (tiny always; paper once merged)
@@ -34,7 +35,13 @@ from p2med.model.presets import build_model
 from p2med.model.tokenizer import load_tokenizer
 
 CONFIG_FILE = "p2med_config.json"
-REQUIRED = (CONFIG_FILE, "resampler.safetensors", "vision.safetensors", "tokenizer/tokenizer.json")
+REQUIRED = (
+    CONFIG_FILE,
+    "resampler.safetensors",
+    "alignment.safetensors",
+    "vision.safetensors",
+    "tokenizer/tokenizer.json",
+)
 
 
 def save_model(
@@ -77,6 +84,7 @@ def _write(model: P2MedModel, tokenizer: Any, folder: Path) -> None:
     (folder / CONFIG_FILE).unlink(missing_ok=True)  # the folder is incomplete until the end
     config = model.config
     save_file(_contiguous(model.resampler.state_dict()), folder / "resampler.safetensors")
+    save_file(_contiguous(model.alignment.state_dict()), folder / "alignment.safetensors")
     vision = model.vision.state_dict()
     if config.vision.pretrained and "vision" not in config.trained:  # the base folder has them
         vision = {k: v for k, v in vision.items() if not k.startswith("clip.")}
@@ -110,6 +118,7 @@ def _read(
     tokenizer = load_tokenizer(folder / "tokenizer")
     model = build_model(config, tokenizer, fs, llm_folder=str(folder / "llm") if has_llm else None)
     _load_part(model.resampler, folder / "resampler.safetensors")
+    _load_part(model.alignment, folder / "alignment.safetensors")
     clip_from_base = config.vision.pretrained and "vision" not in config.trained
     _load_part(model.vision, folder / "vision.safetensors", may_lack="clip." if clip_from_base else None)
     if not config.merged:

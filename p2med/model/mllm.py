@@ -15,6 +15,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from p2med.model.alignment import AlignmentHead, contrastive_loss
 from p2med.model.config import ModelConfig
 from p2med.model.interleave import Images, Interleaved, expanded_length, interleave
 from p2med.model.resampler import PerceiverResampler
@@ -22,7 +23,8 @@ from p2med.model.vision import VisionEncoder
 
 
 class P2MedModel(nn.Module):
-    """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged."""
+    """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged;
+    `alignment` serves stage 2's contrastive loss only."""
 
     def __init__(
         self,
@@ -37,6 +39,7 @@ class P2MedModel(nn.Module):
         self.vision = vision
         self.resampler = resampler
         self.llm = llm
+        self.alignment = AlignmentHead(llm.config.hidden_size)
         self.image_token_id = image_token_id
 
     @property
@@ -113,6 +116,15 @@ class P2MedModel(nn.Module):
             labels=x.labels,
             use_cache=False,
         )
+
+    def alignment_loss(self, images: Images, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Stage 2's contrastive image-report loss (`alignment`): one image per sample and
+        its report as `text_ids` / `text_mask` (B, L), read by the LLM as it is."""
+        images.check([1] * len(text_ids))
+        latents = self.encode_images(images)
+        llm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        states = llm.model(input_ids=text_ids, attention_mask=text_mask).last_hidden_state
+        return contrastive_loss(self.alignment(latents, states, text_mask), text_ids)
 
     @property
     def device(self) -> torch.device:

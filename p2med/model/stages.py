@@ -2,8 +2,8 @@
 
 1. Medical text: LoRA of the LLM. A randomly initialised LLM (`tiny`) also trains its
    base weights: LoRA on a random base has far too little capacity.
-2. Image-text alignment: the perceiver resampler and its projection; the vision encoder
-   too when it is not pretrained. The LLM is frozen.
+2. Image-text alignment: the perceiver resampler and its projection, and the contrastive
+   head (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
 3. Instruction tuning: LoRA and the resampler (and, for a random-init LLM, its base).
 """
 
@@ -16,6 +16,7 @@ from torch import nn
 from p2med.model.mllm import P2MedModel
 
 STAGES = (1, 2, 3)
+PARTS = ("vision", "resampler", "alignment", "llm_base", "lora")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class StagePlan:
     """What a stage trains, and how many parameters that is."""
 
     stage: int
-    parts: tuple[str, ...]  # of "vision", "resampler", "llm_base", "lora"
+    parts: tuple[str, ...]  # of PARTS
     trainable: int
     total: int
 
@@ -43,15 +44,17 @@ def stage_parts(model: P2MedModel, stage: int) -> tuple[str, ...]:
     if stage == 1:
         return llm
     if stage == 2:
-        return ("resampler",) if model.config.vision.pretrained else ("vision", "resampler")
+        vision = () if model.config.vision.pretrained else ("vision",)
+        return (*vision, "resampler", "alignment")
     return (*llm, "resampler")
 
 
 def part_parameters(model: P2MedModel) -> dict[str, list[nn.Parameter]]:
     """Every parameter of the model, by part."""
-    parts: dict[str, list[nn.Parameter]] = {"vision": [], "resampler": [], "llm_base": [], "lora": []}
+    parts: dict[str, list[nn.Parameter]] = {part: [] for part in PARTS}
     parts["vision"] = list(model.vision.parameters())
     parts["resampler"] = list(model.resampler.parameters())
+    parts["alignment"] = list(model.alignment.parameters())
     for name, param in model.llm.named_parameters():
         parts["lora" if "lora_" in name else "llm_base"].append(param)
     return parts

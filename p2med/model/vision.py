@@ -20,13 +20,21 @@ XRAY, CT = 0, 1  # modality ids
 
 
 class ConvStem(nn.Module):
-    """Stride-2 3x3 convolutions: (N, C, H, W) -> (N, widths[-1], H / 2^k, W / 2^k)."""
+    """Stride-2 3x3 convolutions: (N, C, H, W) -> (N, widths[-1], H / 2^k, W / 2^k).
+
+    Each is normalised over the whole feature map of its image (GroupNorm with one group):
+    without it the maps shrink layer by layer at init and CLIP's position embeddings drown
+    the image, which then never learns."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...]) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for width in widths:
-            layers += [nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.GELU()]
+            layers += [
+                nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
+                nn.GroupNorm(1, width),
+                nn.GELU(),
+            ]
             in_channels = width
         self.layers = nn.Sequential(*layers)
 

@@ -62,6 +62,7 @@ def test_folder_layout_and_peft_files(model, tokenizer, tmp_path):
     expected = {
         "p2med_config.json",
         "resampler.safetensors",
+        "alignment.safetensors",
         "vision.safetensors",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",

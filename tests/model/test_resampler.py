@@ -10,7 +10,9 @@ from p2med.model.resampler import PerceiverResampler
 
 def test_masked_tokens_change_nothing_and_any_count_gives_n_latents():
     torch.manual_seed(0)
-    resampler = PerceiverResampler(ResamplerConfig(latents=8, depth=2, heads=4), vision_width=32, llm_width=48)
+    resampler = PerceiverResampler(
+        ResamplerConfig(latents=8, depth=2, heads=4), vision_width=32, llm_width=48
+    )
     tokens = torch.randn(2, 50, 32)
     mask = torch.ones(2, 50, dtype=torch.long)
     out = resampler(tokens, mask)

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from p2med.model.interleave import IGNORE_INDEX
+from p2med.model.interleave import IGNORE_INDEX, Images
 from p2med.model.stages import apply_stage, part_parameters, stage_parts
-from tests.model.conftest import MIXED_TEXTS, mixed_images, right_padded
+from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, xrays
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -21,7 +21,11 @@ def test_gradients_flow_exactly_where_the_plan_says(model, tokenizer, stage):
                 param.normal_(std=0.02)
     plan = apply_stage(model, stage)
     ids, mask = right_padded(tokenizer, MIXED_TEXTS)
-    model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images()).loss.backward()
+    loss = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images()).loss
+    if stage == 2:  # image-report pairs add the contrastive loss
+        reports, report_mask = right_padded(tokenizer, ["Right lower lobe consolidation.", "Clear lungs."])
+        loss = loss + model.alignment_loss(Images([["xray"], ["ct"]], xrays(1), cts(1)), reports, report_mask)
+    loss.backward()
 
     for part, params in part_parameters(model).items():
         for param in params:
@@ -36,7 +40,7 @@ def test_gradients_flow_exactly_where_the_plan_says(model, tokenizer, stage):
 
 def test_tiny_and_pretrained_plans(model):
     assert stage_parts(model, 1) == ("lora", "llm_base")  # random-init LLM: LoRA alone is too weak
-    assert stage_parts(model, 2) == ("vision", "resampler")
+    assert stage_parts(model, 2) == ("vision", "resampler", "alignment")
     assert stage_parts(model, 3) == ("lora", "llm_base", "resampler")
     model.config = dataclasses.replace(
         model.config,
@@ -44,7 +48,7 @@ def test_tiny_and_pretrained_plans(model):
         vision=dataclasses.replace(model.config.vision, pretrained="clip"),
     )
     assert stage_parts(model, 1) == ("lora",)
-    assert stage_parts(model, 2) == ("resampler",)
+    assert stage_parts(model, 2) == ("resampler", "alignment")
     assert stage_parts(model, 3) == ("lora", "resampler")
     with pytest.raises(ValueError, match="stage must be one of"):
         stage_parts(model, 4)
