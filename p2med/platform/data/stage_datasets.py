@@ -33,55 +33,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from pydantic import Field
 from transformers import PreTrainedTokenizerFast
 
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
-from p2med.platform.config import Config
 from p2med.platform.data.ingest import KIND, MANIFEST
 from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.prompts import INSTRUCTIONS, Sample, row_texts, stage_samples
+from p2med.platform.data.stage_config import StageDataConfig
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location
 
 IGNORE_INDEX = -100  # label of positions without loss (PyTorch cross-entropy default)
 ROWS_PER_BATCH = 16  # shard rows (patients) encoded at a time; stage 3 makes about 5 samples of each
-
-
-class TaskWeights(Config):
-    """Stage-3 mixing: expected copies per epoch of each (patient, task) pair.
-
-    1 keeps every pair once, 0.5 a deterministic half of them, 2.5 each pair twice plus a
-    half of them a third time, 0 removes the task. Which pairs make the cut depends only
-    on the seed, the patient and the task (`copies`).
-    """
-
-    xray_report: float = Field(1.0, ge=0)
-    """X-ray -> report."""
-    ct_report: float = Field(1.0, ge=0)
-    """CT -> report."""
-    outpatient_record: float = Field(1.0, ge=0)
-    """Complaint, history, exam (+ images) -> imaging, diagnosis, plan."""
-    inpatient_record: float = Field(1.0, ge=0)
-    """Admission data + images -> imaging, hospital course, discharge diagnosis and plan."""
-    differential_diagnosis: float = Field(1.0, ge=0)
-    """Symptoms, exam, labs + images -> diagnosis with rationale."""
-    treatment_recommendation: float = Field(1.0, ge=0)
-    """Case summary with diagnosis -> treatment plan."""
-
-
-class StageDataConfig(Config):
-    """How shards become the training samples of a stage."""
-
-    tokenizer: str
-    """Local folder of the tokenizer (`save_pretrained`); read on the driver and shipped to workers."""
-    max_length: int = Field(256, ge=8)
-    """Tokens per sample (L): targets are truncated to fit; samples whose prompt fills it are dropped."""
-    task_weights: TaskWeights = TaskWeights()
-    """Stage-3 task mixing; stages 1 and 2 ignore it."""
-    seed: int = 0
-    """Seed of the stage-3 mixing; vary it per epoch for a different cut of fractional weights."""
 
 
 @dataclass(frozen=True)

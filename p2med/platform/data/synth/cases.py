@@ -18,18 +18,107 @@ from p2med.platform.data.vocabulary import DIAGNOSES, LOBES, Diagnosis, Finding,
 REFERENCE_DATE = dt.date(2025, 6, 30)
 
 GIVEN_NAMES = {
-    "M": ["Liam", "Noah", "Oliver", "Elijah", "Lucas", "Mason", "Ethan", "Aiden", "Leo", "Mateo",
-          "Wei", "Hao", "Arjun", "Omar", "Yusuf", "Felix", "Jonas", "Hugo", "Kai", "Samuel"],
-    "F": ["Olivia", "Emma", "Amelia", "Sophia", "Mia", "Isla", "Chloe", "Aria", "Lily", "Zoe",
-          "Mei", "Xiu", "Priya", "Aisha", "Leila", "Clara", "Freya", "Ines", "Nora", "Hannah"],
+    "M": [
+        "Liam",
+        "Noah",
+        "Oliver",
+        "Elijah",
+        "Lucas",
+        "Mason",
+        "Ethan",
+        "Aiden",
+        "Leo",
+        "Mateo",
+        "Wei",
+        "Hao",
+        "Arjun",
+        "Omar",
+        "Yusuf",
+        "Felix",
+        "Jonas",
+        "Hugo",
+        "Kai",
+        "Samuel",
+    ],
+    "F": [
+        "Olivia",
+        "Emma",
+        "Amelia",
+        "Sophia",
+        "Mia",
+        "Isla",
+        "Chloe",
+        "Aria",
+        "Lily",
+        "Zoe",
+        "Mei",
+        "Xiu",
+        "Priya",
+        "Aisha",
+        "Leila",
+        "Clara",
+        "Freya",
+        "Ines",
+        "Nora",
+        "Hannah",
+    ],
 }
-FAMILY_NAMES = ["Smith", "Garcia", "Chen", "Nguyen", "Patel", "Kowalski", "Okafor", "Muller",
-                "Rossi", "Haddad", "Tanaka", "Johansson", "Silva", "O'Brien", "Kim", "Novak",
-                "Ivanova", "Mensah", "Dubois", "Larsen", "Wang", "Li", "Zhang", "Liu"]
-ADULT_GIVEN = ["Anna", "David", "Maria", "James", "Sarah", "Michael", "Elena", "Robert",
-               "Fatima", "Thomas", "Julia", "Daniel", "Grace", "Peter", "Laura", "Ahmed"]
-STREETS = ["Maple Avenue", "Station Road", "Harbor Street", "Elm Close", "Garden Lane",
-           "Mill Road", "Park Crescent", "Willow Way", "Church Street", "River Drive"]
+FAMILY_NAMES = [
+    "Smith",
+    "Garcia",
+    "Chen",
+    "Nguyen",
+    "Patel",
+    "Kowalski",
+    "Okafor",
+    "Muller",
+    "Rossi",
+    "Haddad",
+    "Tanaka",
+    "Johansson",
+    "Silva",
+    "O'Brien",
+    "Kim",
+    "Novak",
+    "Ivanova",
+    "Mensah",
+    "Dubois",
+    "Larsen",
+    "Wang",
+    "Li",
+    "Zhang",
+    "Liu",
+]
+ADULT_GIVEN = [
+    "Anna",
+    "David",
+    "Maria",
+    "James",
+    "Sarah",
+    "Michael",
+    "Elena",
+    "Robert",
+    "Fatima",
+    "Thomas",
+    "Julia",
+    "Daniel",
+    "Grace",
+    "Peter",
+    "Laura",
+    "Ahmed",
+]
+STREETS = [
+    "Maple Avenue",
+    "Station Road",
+    "Harbor Street",
+    "Elm Close",
+    "Garden Lane",
+    "Mill Road",
+    "Park Crescent",
+    "Willow Way",
+    "Church Street",
+    "River Drive",
+]
 CITIES = ["Springfield", "Riverton", "Lakeside", "Oakridge", "Fairview", "Brookfield"]
 # Institution -> its address (fake, but identifying all the same).
 INSTITUTIONS = {
@@ -272,7 +361,9 @@ def _unique_number(seed: int, index: int, stream: int) -> int:
     return (multiplier * index + offset) % 10**8
 
 
-def _identity(seed: int, index: int, sex: str, age_days: int, visit: dt.date, rng: np.random.Generator) -> Identity:
+def _identity(
+    seed: int, index: int, sex: str, age_days: int, visit: dt.date, rng: np.random.Generator
+) -> Identity:
     def pick(options: list[str]) -> str:
         return options[int(rng.integers(len(options)))]
 

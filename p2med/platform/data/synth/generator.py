@@ -151,7 +151,7 @@ def render_patient(config: SynthConfig, index: int, out: Location) -> PatientOut
     layout = patient_layout(config, case)
     rng = np.random.default_rng([config.seed, index, 1])
     rows = config.xray_size
-    cols = int(round(rows * rng.uniform(0.82, 1.0)))
+    cols = round(rows * rng.uniform(0.82, 1.0))
     # Field of view grows with the child: ~22 cm for an infant, ~40 cm for a teenager.
     fov_mm = 220 + 13 * min(case.age_years, 14)
     key = dataset_key(config)
@@ -194,10 +194,19 @@ def generate(config: SynthConfig, out: Location, progress: bool = True) -> Synth
     """
     started = time.perf_counter()
     _prepare_output(out)
-    tasks = [(s, min(s + PATIENTS_PER_TASK, config.patients)) for s in range(0, config.patients, PATIENTS_PER_TASK)]
+    tasks = [
+        (s, min(s + PATIENTS_PER_TASK, config.patients)) for s in range(0, config.patients, PATIENTS_PER_TASK)
+    ]
     workers = min(config.workers or len(os.sched_getaffinity(0)), len(tasks))  # cores we may use
     results: list[PatientOutput] = []
-    bar = tqdm(total=config.patients, unit="patient", desc="synth", file=sys.stderr, disable=not progress, mininterval=1)
+    bar = tqdm(
+        total=config.patients,
+        unit="patient",
+        desc="synth",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=1,
+    )
     with bar:
         if workers <= 1:
             for start, stop in tasks:
@@ -249,7 +258,9 @@ def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
 
 
-def _write_tables_and_manifest(config: SynthConfig, out: Location, results: list[PatientOutput]) -> SynthSummary:
+def _write_tables_and_manifest(
+    config: SynthConfig, out: Location, results: list[PatientOutput]
+) -> SynthSummary:
     reports = [r for p in results for r in p.reports]
     records = [r for p in results for r in p.records]
     studies = [s for p in results for s in p.studies]

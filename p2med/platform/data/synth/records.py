@@ -35,7 +35,8 @@ def treatment_plan(case: Case, inpatient: bool) -> str:
             plan.append(
                 f"IV clindamycin {_dose(case, 10, 600)} mg every 8 hours (penicillin allergy)."
                 if case.penicillin_allergy
-                else f"IV ceftriaxone {_dose(case, 50, 2000)} mg once daily, then oral step-down when afebrile."
+                else f"IV ceftriaxone {_dose(case, 50, 2000)} mg once daily, "
+                "then oral step-down when afebrile."
             )
         else:
             plan.append(
@@ -45,14 +46,18 @@ def treatment_plan(case: Case, inpatient: bool) -> str:
             )
     elif d == "mycoplasma_pneumonia":
         plan.append(
-            f"Azithromycin {_dose(case, 10, 500)} mg on day 1, then {_dose(case, 5, 250)} mg daily on days 2 to 5."
+            f"Azithromycin {_dose(case, 10, 500)} mg on day 1, "
+            f"then {_dose(case, 5, 250)} mg daily on days 2 to 5."
         )
     elif d == "viral_pneumonia":
         plan.append("Supportive care; antibiotics are not indicated.")
         if case.labs.influenza:
             plan.append(f"Oseltamivir {_oseltamivir_mg(case.weight_kg)} mg twice daily for 5 days.")
     elif d == "bronchiolitis":
-        plan.append("Supportive care with nasal suctioning and small frequent feeds; no bronchodilators or antibiotics.")
+        plan.append(
+            "Supportive care with nasal suctioning and small frequent feeds; "
+            "no bronchodilators or antibiotics."
+        )
     else:
         plan.append("Symptomatic care; no antibiotics.")
     if case.vitals.spo2 < 92:
@@ -62,7 +67,10 @@ def treatment_plan(case: Case, inpatient: bool) -> str:
     if inpatient:
         plan.append("Maintenance IV fluids if oral intake is poor; continuous pulse oximetry.")
     else:
-        plan.append("Return if breathing becomes difficult, feeding drops, or fever lasts beyond 48 hours. Review in 2 days.")
+        plan.append(
+            "Return if breathing becomes difficult, feeding drops, or fever lasts beyond 48 hours. "
+            "Review in 2 days."
+        )
     return " ".join(plan)
 
 
@@ -80,7 +88,8 @@ def _shared_sections(case: Case) -> dict[str, str]:
         f"WBC {lab.wbc} x10^9/L (neutrophils {lab.neutrophil_pct}%, lymphocytes {lab.lymphocyte_pct}%), "
         f"CRP {lab.crp} mg/L, procalcitonin {lab.procalcitonin} ng/mL.",
         f"Mycoplasma pneumoniae IgM {'positive' if lab.mycoplasma_igm else 'negative'}.",
-        f"RSV antigen {'positive' if lab.rsv else 'negative'}; influenza A/B {'positive' if lab.influenza else 'negative'}.",
+        f"RSV antigen {'positive' if lab.rsv else 'negative'}; "
+        f"influenza A/B {'positive' if lab.influenza else 'negative'}.",
     ]
     signs = "Crackles on auscultation." if case.findings else "Chest clear on auscultation."
     if case.diagnosis == "bronchiolitis":
@@ -157,6 +166,8 @@ def inpatient_record(case: Case) -> dict:
                 f"Clinical improvement allowed discharge on day {case.length_of_stay_days}."
             ),
             "discharge_diagnosis": DIAGNOSIS_NAMES[case.diagnosis].capitalize() + ".",
-            "discharge_plan": "Complete the course of treatment at home. Follow-up in the pediatric clinic in 1 week.",
+            "discharge_plan": (
+                "Complete the course of treatment at home. Follow-up in the pediatric clinic in 1 week."
+            ),
         },
     }

@@ -12,24 +12,45 @@ from p2med.platform.data.synth.cases import Case
 from p2med.platform.data.vocabulary import LOBE_PHRASES, Finding
 
 XRAY_SENTENCES = {
-    "consolidation": ["There is dense consolidation in the {lobe}.", "Airspace consolidation is seen in the {lobe}.",
-                      "Focal consolidation in the {lobe} with air bronchograms."],
-    "patchy_opacity": ["Patchy opacities are present in the {lobe}.", "There are patchy airspace opacities in the {lobe}."],
-    "interstitial_opacity": ["Bilateral perihilar interstitial opacities with peribronchial thickening.",
-                             "There are bilateral interstitial opacities, most marked centrally."],
-    "pleural_effusion": ["Small {side} pleural effusion blunting the costophrenic angle.",
-                         "There is a small {side} pleural effusion."],
-    "hyperinflation": ["The lungs are hyperinflated with flattening of the hemidiaphragms.",
-                       "Bilateral hyperinflation."],
+    "consolidation": [
+        "There is dense consolidation in the {lobe}.",
+        "Airspace consolidation is seen in the {lobe}.",
+        "Focal consolidation in the {lobe} with air bronchograms.",
+    ],
+    "patchy_opacity": [
+        "Patchy opacities are present in the {lobe}.",
+        "There are patchy airspace opacities in the {lobe}.",
+    ],
+    "interstitial_opacity": [
+        "Bilateral perihilar interstitial opacities with peribronchial thickening.",
+        "There are bilateral interstitial opacities, most marked centrally.",
+    ],
+    "pleural_effusion": [
+        "Small {side} pleural effusion blunting the costophrenic angle.",
+        "There is a small {side} pleural effusion.",
+    ],
+    "hyperinflation": [
+        "The lungs are hyperinflated with flattening of the hemidiaphragms.",
+        "Bilateral hyperinflation.",
+    ],
 }
 CT_SENTENCES = {
-    "consolidation": ["Dense consolidation with air bronchograms in the {lobe}.",
-                      "There is consolidation of the {lobe}."],
-    "patchy_opacity": ["Patchy ground-glass opacities in the {lobe}.",
-                       "There are patchy opacities in the {lobe}."],
-    "interstitial_opacity": ["Bilateral interstitial opacities with interlobular septal thickening.",
-                             "There are bilateral reticular interstitial opacities."],
-    "pleural_effusion": ["Small {side} pleural effusion.", "There is a small dependent {side} pleural effusion."],
+    "consolidation": [
+        "Dense consolidation with air bronchograms in the {lobe}.",
+        "There is consolidation of the {lobe}.",
+    ],
+    "patchy_opacity": [
+        "Patchy ground-glass opacities in the {lobe}.",
+        "There are patchy opacities in the {lobe}.",
+    ],
+    "interstitial_opacity": [
+        "Bilateral interstitial opacities with interlobular septal thickening.",
+        "There are bilateral reticular interstitial opacities.",
+    ],
+    "pleural_effusion": [
+        "Small {side} pleural effusion.",
+        "There is a small dependent {side} pleural effusion.",
+    ],
     "hyperinflation": ["The lungs are hyperinflated with mosaic attenuation.", "Bilateral hyperinflation."],
 }
 NEGATIVES = {
@@ -59,7 +80,9 @@ def findings_text(case: Case, modality: str, rng: np.random.Generator) -> str:
     sentences += [neg for kind, neg in NEGATIVES.items() if neg and kind not in present]
     sentences.append("No pneumothorax.")
     sentences.append(
-        "The heart and mediastinum are normal." if modality == "CT" else "The cardiothymic silhouette is normal."
+        "The heart and mediastinum are normal."
+        if modality == "CT"
+        else "The cardiothymic silhouette is normal."
     )
     return " ".join(sentences)
 
