@@ -22,11 +22,10 @@ from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_config import IngestConfig
 from p2med.platform.data.prompts import INSTRUCTIONS, RECORD_INPUTS, stage_samples
+from p2med.platform.data.stage_config import StageDataConfig, TaskWeights
 from p2med.platform.data.stage_datasets import (
     IGNORE_INDEX,
     DroppedSamples,
-    StageDataConfig,
-    TaskWeights,
     copies,
     corpus,
     read_manifest,
