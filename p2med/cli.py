@@ -33,7 +33,14 @@ class Job:
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-JOBS = {job.name: job for job in [Job("synth", "p2med.jobs.synth"), Job("ingest", "p2med.jobs.ingest")]}
+JOBS = {
+    job.name: job
+    for job in [
+        Job("synth", "p2med.jobs.synth"),
+        Job("ingest", "p2med.jobs.ingest"),
+        Job("train", "p2med.jobs.train"),
+    ]
+}
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 

@@ -25,7 +25,8 @@ class AlignmentHead(nn.Module):
         super().__init__()
         self.image = nn.Linear(width, joint)
         self.text = nn.Linear(width, joint)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # shape (1,), not a scalar: DeepSpeed broadcasts parameters as bytes, which 0-dim ones cannot be
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     def forward(
         self, image_latents: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor

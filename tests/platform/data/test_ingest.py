@@ -21,9 +21,13 @@ from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 
 KEY = "test-deid-key"
-RAW = SynthConfig(patients=20, ct_fraction=0.5, xray_size=128, ct_slices=12, ct_size=48, workers=1, faults=True)
+RAW = SynthConfig(
+    patients=20, ct_fraction=0.5, xray_size=128, ct_slices=12, ct_size=48, workers=1, faults=True
+)
 CONFIG = IngestConfig(
-    imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32), deid=DeidConfig(key=KEY), shard_target_mb=0.2
+    imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32),
+    deid=DeidConfig(key=KEY),
+    shard_target_mb=0.2,
 )
 
 
@@ -57,7 +61,12 @@ def test_rows_are_complete_patients(ingested):
         assert len(row["xray"]) == 2 * 64 * 64  # float16 (S, S)
         assert row["ct"] is None or len(row["ct"]) == 2 * 8 * 32 * 32
         assert (row["ct"] is None) == (row["ct_report"] is None)
-        assert set(json.loads(row["xray_report"])) == {"clinical_history", "findings", "impression", "modality"}
+        assert set(json.loads(row["xray_report"])) == {
+            "clinical_history",
+            "findings",
+            "impression",
+            "modality",
+        }
         assert "chief_complaint" in json.loads(row["outpatient"])
     assert sum(row["ct"] is not None for row in rows) == sum(1 for _ in (raw / "dicom/ct").iterdir()) - 4
 
@@ -135,7 +144,9 @@ def test_no_identifying_value_reaches_shards_or_manifest(ingested):
     blobs = []
     for row in shard_rows(shards):
         for value in row.values():
-            (blobs if isinstance(value, bytes) else texts).append(value if isinstance(value, bytes) else str(value))
+            (blobs if isinstance(value, bytes) else texts).append(
+                value if isinstance(value, bytes) else str(value)
+            )
     text = "\n".join(texts)
     for value in values:
         assert not re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text), "an identifying value leaked"
@@ -172,7 +183,9 @@ def test_refuses_foreign_location_and_missing_key(ingested, tmp_path, monkeypatc
         ingest(resolve(str(raw)), resolve(str(tmp_path)), CONFIG)
     monkeypatch.delenv("P2MED_DEID_KEY", raising=False)
     with pytest.raises(P2MedError, match="no de-identification key"):
-        ingest(resolve(str(raw)), resolve(str(tmp_path / "s")), CONFIG.model_copy(update={"deid": DeidConfig()}))
+        ingest(
+            resolve(str(raw)), resolve(str(tmp_path / "s")), CONFIG.model_copy(update={"deid": DeidConfig()})
+        )
 
 
 @pytest.mark.s3

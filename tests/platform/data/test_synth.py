@@ -206,14 +206,19 @@ def test_ct_voxels_show_the_stated_lobe(tmp_path):
     checked = 0
     for case, focal in cases_with_focal_findings(config, root):
         folder = root / "dicom/ct" / uid(dataset_key(config), case.index, "ct-series")
-        slices = sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.SliceLocation))
+        slices = sorted(
+            (pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.SliceLocation)
+        )
         hu = np.stack([ds.pixel_array - 1024.0 for ds in slices])
         layout = patient_layout(config, case)
         hyper = any(f.type == "hyperinflation" for f in case.findings)
         z, yy, xx = volume_grid(config.ct_slices, config.ct_size)
         lungs = lung_masks(layout, z, yy, xx, hyper)
         # Share of voxels denser than aerated (or interstitially thickened) lung.
-        dense = {lobe: float((hu[lobe_mask_3d(layout, z, yy, xx, lungs, lobe, hyper)] > -450).mean()) for lobe in LOBES}
+        dense = {
+            lobe: float((hu[lobe_mask_3d(layout, z, yy, xx, lungs, lobe, hyper)] > -450).mean())
+            for lobe in LOBES
+        }
         for finding in focal:
             others = _comparison_lobes(case, finding.lobe)
             assert dense[finding.lobe] > max(dense[o] for o in others) + 0.05, (finding, dense)

@@ -1,0 +1,139 @@
+"""Settings of three-stage training, validated when loaded (imports stay light: the CLI
+builds `--help` from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from p2med.platform.config import Config
+from p2med.platform.data.stage_config import TaskWeights
+
+
+class StageSettings(Config):
+    """One training stage."""
+
+    steps: int = Field(100, ge=1)
+    """Optimizer steps; the stage's data repeats (reshuffled) as often as it takes."""
+    batch_size: int = Field(8, ge=1)
+    """Samples per worker per step."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate (after warm-up, then cosine decay to 10%)."""
+
+
+def _stage(steps: int, lr: float) -> Any:
+    return Field(default_factory=lambda: StageSettings(steps=steps, lr=lr))
+
+
+class StagesSettings(Config):
+    """Per-stage settings (DESIGN.md: 1 medical text, 2 image-text alignment, 3 instructions)."""
+
+    stage1: StageSettings = _stage(150, 1e-3)
+    stage2: StageSettings = _stage(250, 3e-4)
+    stage3: StageSettings = _stage(300, 3e-4)
+
+    def of(self, stage: int) -> StageSettings:
+        return getattr(self, f"stage{stage}")
+
+
+class OptimizerSettings(Config):
+    """AdamW with linear warm-up and cosine decay."""
+
+    warmup_steps: int = Field(10, ge=0)
+    """Steps of linear warm-up to each stage's peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient norm clipping (0: none)."""
+    alignment_weight: float = Field(1.0, ge=0)
+    """Weight of stage 2's contrastive image-report loss next to the language-model loss."""
+
+
+class ScalingSettings(Config):
+    """Ray Train workers."""
+
+    workers: int = Field(2, ge=1)
+    """Training workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU (or gpus_per_worker) per worker, nccl, bf16."""
+    cpus_per_worker: float = Field(0.5, gt=0)
+    """CPUs reserved for each worker; one CPU of the cluster must stay free for the data tasks."""
+    gpus_per_worker: float = Field(1.0, ge=0)
+    """Used when use_gpu is true."""
+    placement_timeout_s: float = Field(60.0, gt=0)
+    """How long to wait for the cluster to offer the workers' resources before giving up."""
+    max_failures: int = Field(2, ge=0)
+    """Worker failures (a killed process, a lost node) to recover from, each time from the last checkpoint."""
+
+
+class DeepSpeedSettings(Config):
+    """DeepSpeed ZeRO; bf16 on GPU, fp32 on CPU."""
+
+    zero_stage: Literal[2, 3] = 2
+    """ZeRO-2 partitions optimizer state and gradients; ZeRO-3 the parameters too."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Merged last into the generated DeepSpeed config, e.g. {"zero_optimization": {"overlap_comm": true}}."""
+
+
+class CheckpointSettings(Config):
+    """Ray Train checkpoints (every rank's DeepSpeed shard) under the output."""
+
+    every_steps: int = Field(50, ge=1)
+    """Validate and checkpoint every this many steps, and at the end."""
+    keep_best: int = Field(2, ge=1)
+    """Checkpoints kept per stage, best validation loss first."""
+    val_batches: int = Field(8, ge=1)
+    """Batches per worker in a validation pass."""
+
+
+class TrackingSettings(Config):
+    """MLflow tracking and console progress."""
+
+    mlflow_uri: str | None = None
+    """Any MLflow tracking URI; unset: a file store under <output>/mlruns."""
+    experiment: str = "p2med"
+    """MLflow experiment name."""
+    log_every_steps: int = Field(10, ge=1)
+    """A console progress line (and MLflow metrics) every this many steps."""
+
+
+class ModelSettings(Config):
+    """Which model to train."""
+
+    preset: Literal["tiny", "paper"] = "tiny"
+    """`tiny`: random init, CPU-sized; `paper`: pretrained LLaMA and CLIP folders."""
+    llm: str | None = None
+    """`paper`: Hugging Face LLaMA folder (local or s3://)."""
+    vision: str | None = None
+    """`paper`: Hugging Face CLIP vision folder (local or s3://)."""
+    tokenizer: str | None = None
+    """Tokenizer folder; unset: `tiny` trains a BPE on the shards' train split, `paper` uses the LLaMA's."""
+    vocab_size: int = Field(4096, ge=512)
+    """Size of the BPE that `tiny` trains."""
+
+
+class DataSettings(Config):
+    """How shards become stage samples."""
+
+    max_length: int = Field(256, ge=16)
+    """Tokens per sample before images expand (targets are truncated to fit)."""
+    task_weights: TaskWeights = TaskWeights()
+    """Stage-3 task mixing."""
+    shuffle_buffer: int = Field(256, ge=0)
+    """Samples in each worker's local shuffle buffer (0: no shuffling)."""
+
+
+class TrainSettings(Config):
+    """Everything `p2med train` needs besides the locations."""
+
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    stages: StagesSettings = StagesSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    seed: int = 0
+    """Seeds the initial weights, data mixing and shuffling."""

@@ -1,0 +1,267 @@
+"""The per-worker training loop of one stage (Ray Train + DeepSpeed).
+
+Everything comes from the `config` argument (a `StageJob`): the loop builds or loads the
+model, marks what the stage trains (`model.stages`), wraps it with `deepspeed.initialize`
+on Ray Train's process group (gloo on CPU, nccl on GPU), streams its shard of the stage
+dataset, and every `checkpoint.every_steps` validates and has every rank save its
+DeepSpeed shard into one Ray Train checkpoint. After a worker failure, or on resume, it
+continues from the latest checkpoint. Rank 0 tracks progress and, at the end, writes the
+stage's model in the model's own folder format for the next stage, eval and serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import deepspeed
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from p2med.model.checkpoint import load_model, save_model
+from p2med.model.config import ModelConfig
+from p2med.model.interleave import IGNORE_INDEX, Images
+from p2med.model.presets import build_model
+from p2med.model.stages import apply_stage
+from p2med.platform.storage import StorageConfig, resolve
+from p2med.platform.train.config import TrainSettings
+from p2med.platform.train.deepspeed_config import deepspeed_config
+from p2med.platform.train.tracking import History, Tracker, TrackingStore
+
+STATE_TAG = "state"  # the DeepSpeed checkpoint tag inside every Ray Train checkpoint
+NAN_MARKER = "nan.json"  # written by rank 0 into the stage folder when the loss diverges
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One stage's work, as the driver hands it to every worker."""
+
+    stage: int
+    settings: TrainSettings
+    stage_dir: str  # URI of the stage's folder: model/, loss.png, nan.json
+    storage: StorageConfig
+    tokenizer: Any  # the tokenizer object (pickled to the workers)
+    model_config: ModelConfig | None  # stage 1: build this; later stages load init_model
+    init_model: str | None  # URI of the previous stage's model folder
+    output: str  # URI of the whole run
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: config = {"job": StageJob}."""
+    job: StageJob = config["job"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    settings, stage_settings = job.settings, job.settings.stages.of(job.stage)
+    torch.manual_seed(job.settings.seed)  # identical initial weights on every rank
+
+    model = _initial_model(job)
+    plan = apply_stage(model, job.stage)
+    if rank == 0:
+        print(f"train: {plan.describe()}", flush=True)
+    device = ray.train.torch.get_device()
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=stage_settings.lr,
+        weight_decay=settings.optimizer.weight_decay,
+    )
+    total = stage_settings.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(settings.optimizer.warmup_steps, total)
+    )
+    ds_config = deepspeed_config(
+        settings.deepspeed, stage_settings.batch_size, settings.optimizer.grad_clip, bf16
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, dist_init_required=False
+    )
+
+    step, history, run_id = 0, History(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, client = engine.load_checkpoint(folder, tag=STATE_TAG)
+        step, history, run_id = client["step"], History(**client["history"]), client["run_id"]
+        if rank == 0:
+            print(f"train: stage {job.stage} resumes at step {step} from its latest checkpoint", flush=True)
+    tracker = None
+    if rank == 0:
+        params = {"stage": job.stage, "steps": total, "batch_size": stage_settings.batch_size}
+        params |= {"lr": stage_settings.lr, "workers": context.get_world_size()}
+        params |= {"zero_stage": settings.deepspeed.zero_stage, **plan_params(plan)}
+        store = TrackingStore.of(settings.tracking.mlflow_uri, resolve(job.output, job.storage), job.stage)
+        tracker = Tracker(job.stage, total, store, settings.tracking, params, run_id, history)
+
+    batches = _batches(ray.train.get_dataset_shard("train"), stage_settings.batch_size, settings, device)
+    stage_dir = resolve(job.stage_dir, job.storage)
+    while step < total:
+        started = time.perf_counter()
+        batch = next(batches)
+        engine.train()
+        loss = stage_loss(engine, batch, job.stage, settings.optimizer.alignment_weight)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        if not _finite_everywhere(loss):
+            if rank == 0:
+                stage_dir.join(NAN_MARKER).write_text(json.dumps({"step": step, "loss": float(loss)}) + "\n")
+            return
+        if tracker is not None:
+            seconds = time.perf_counter() - started
+            world = context.get_world_size()
+            tracker.step(
+                step,
+                float(loss),
+                {
+                    "lr": schedule.get_last_lr()[0],
+                    "samples_per_s": world * len(batch["input_ids"]) / seconds,
+                    "tokens_per_s": world * float(batch["attention_mask"].sum()) / seconds,
+                },
+            )
+        if step % settings.checkpoint.every_steps == 0 or step == total:
+            val_loss = validate(engine, ray.train.get_dataset_shard("val"), job, device)
+            if tracker is not None:
+                tracker.validation(step, val_loss)
+            state = {
+                "step": step,
+                "history": asdict(history),
+                "run_id": tracker.run_id if tracker else run_id,
+            }
+            _report_checkpoint(engine, state, {"step": step, "loss": float(loss), "val_loss": val_loss})
+
+    _save_final_model(engine, job, rank)
+    if tracker is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            curve = os.path.join(tmp, "loss.png")
+            tracker.finish(curve)
+            with open(curve, "rb") as png:
+                stage_dir.join("loss.png").write_bytes(png.read())
+
+
+def plan_params(plan: Any) -> dict[str, Any]:
+    return {"trains": ",".join(plan.parts), "trainable_params": plan.trainable, "total_params": plan.total}
+
+
+def stage_loss(
+    engine: Any, batch: dict[str, torch.Tensor], stage: int, alignment_weight: float
+) -> torch.Tensor:
+    """The stage's loss on one batch: the language-model loss, plus in stage 2 the
+    contrastive image-report loss (each stage-2 sample is one image and its report)."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
+    loss = engine(ids, mask, labels, images).loss
+    if stage == 2 and alignment_weight > 0:
+        report_ids, report_mask = report_tokens(ids, labels)
+        loss = loss + alignment_weight * engine.module.alignment_loss(images, report_ids, report_mask)
+    return loss
+
+
+def report_tokens(input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target tokens of each row (its report), left-aligned and right-padded with 0."""
+    target = labels != IGNORE_INDEX
+    lengths = target.sum(1)
+    ids = torch.zeros(
+        len(input_ids), int(lengths.max().clamp(min=1)), dtype=input_ids.dtype, device=input_ids.device
+    )
+    mask = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]
+    ids[mask] = input_ids[target]
+    return ids, mask.long()
+
+
+@torch.no_grad()
+def validate(engine: Any, data: Any, job: StageJob, device: torch.device) -> float:
+    """Mean loss over the validation set, which every rank reads whole (every forward pass
+    runs on all ranks, as ZeRO-3 needs); NaN when the split is empty."""
+    engine.eval()
+    total, count = 0.0, 0
+    batch_size = job.settings.stages.of(job.stage).batch_size
+    for batch in data.iter_torch_batches(batch_size=batch_size, device=device):
+        total += float(stage_loss(engine, batch, job.stage, job.settings.optimizer.alignment_weight)) * len(
+            batch["input_ids"]
+        )
+        count += len(batch["input_ids"])
+    engine.train()
+    return total / count if count else float("nan")
+
+
+def _initial_model(job: StageJob) -> Any:
+    if job.init_model is None:
+        config = job.model_config
+        remote = [p for p in (config.llm.pretrained, config.vision.pretrained) if p and "://" in p]
+        fs = resolve(remote[0], job.storage).fs if remote else None  # one S3 setting for all bases
+        return build_model(config, job.tokenizer, fs)
+    model, _ = load_model(job.init_model, fs=resolve(job.init_model, job.storage).fs)
+    return model.train()
+
+
+def _batches(shard: Any, batch_size: int, settings: TrainSettings, device: torch.device) -> Iterator[dict]:
+    """Batches without end: the shard is read again, reshuffled, whenever it runs out."""
+    epoch = 0
+    while True:
+        got = False
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size,
+            drop_last=True,  # every rank takes the same number of equal steps
+            local_shuffle_buffer_size=settings.data.shuffle_buffer or None,
+            local_shuffle_seed=settings.seed + epoch,
+            device=device,
+        ):
+            got = True
+            yield batch
+        if not got:
+            raise RuntimeError(
+                f"this worker's share of the training data holds fewer than {batch_size} samples"
+            )
+        epoch += 1
+
+
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0
+
+
+def _report_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Every rank writes its DeepSpeed shard (ZeRO keeps optimizer state, and under ZeRO-3
+    the parameters, split across ranks), then reports the folder: Ray Train gathers all
+    ranks' files into one checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="p2med-ckpt-") as folder:
+        engine.save_checkpoint(folder, tag=STATE_TAG, client_state=state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _save_final_model(engine: Any, job: StageJob, rank: int) -> None:
+    """Rank 0 writes the stage's model folder; under ZeRO-3 every rank first joins in
+    gathering the partitioned parameters."""
+    gather = (
+        deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+        if job.settings.deepspeed.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if rank == 0:
+            target = resolve(job.stage_dir, job.storage).join("model")
+            save_model(engine.module, job.tokenizer, target.uri, fs=target.fs)
+            print(f"train: stage {job.stage} model saved to {target.uri}", flush=True)
+
+
+def _warmup_cosine(warmup: int, total: int):
+    """Linear warm-up to the peak, then cosine decay to 10% of it at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor

@@ -1,0 +1,261 @@
+"""Three-stage training on Ray Train: the driver side.
+
+    summary = train(resolve("data/shards"), resolve("s3://bucket/runs/r1"), TrainSettings(), stages=[1, 2, 3])
+
+Per stage, under the output:
+
+    stage<N>/model/       the stage's model (p2med.model.checkpoint format)
+    stage<N>/loss.png     its loss curve
+    stage<N>/ray/         Ray Train's run: every checkpoint (all ranks' DeepSpeed shards)
+    tokenizer/            the tokenizer `tiny` trained on the shards (stage 1)
+    mlruns/               MLflow file store (unless tracking.mlflow_uri says otherwise;
+                          for an s3:// output, one store per stage: mlruns/stage<N>/)
+
+Stage N+1 starts from stage N's model. With `resume`, finished stages are skipped and the
+unfinished one continues from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from p2med.model.config import ModelConfig
+from p2med.model.files import download
+from p2med.model.presets import PRESETS
+from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer, with_image_token
+from p2med.platform.data.stage_config import StageDataConfig
+from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
+from p2med.platform.errors import P2MedError
+from p2med.platform.ray_runtime import ensure_ray
+from p2med.platform.storage import Location, check_writable
+from p2med.platform.train.config import TrainSettings
+from p2med.platform.train.loop import NAN_MARKER, StageJob, train_loop
+
+MODEL_DIR = "model"
+DATA_CPUS = 1  # kept free of training workers for the stage datasets' tasks
+
+
+@dataclass
+class StageResult:
+    stage: int
+    seconds: float
+    model: str
+    skipped: bool = False
+
+
+@dataclass
+class TrainSummary:
+    output: str
+    stages: list[StageResult] = field(default_factory=list)
+
+
+def train(
+    shards: Location, output: Location, settings: TrainSettings, stages: list[int], resume: bool
+) -> TrainSummary:
+    """Train `stages` (a run of consecutive stages) on the ingest at `shards` into `output`.
+
+    Raises:
+        P2MedError: missing or incompatible shards, a missing previous stage, nothing to
+            resume, a cluster that cannot place the workers, or a diverged loss.
+    """
+    manifest = read_manifest(shards)  # fails on a missing or incompatible ingest
+    check_writable(output)
+    if resume and not _has_progress(output, stages):
+        raise P2MedError(f"resume=true but {output.uri} holds no run of stage {stages[0]} to resume")
+    ensure_ray()
+    summary = TrainSummary(output.uri)
+    with tempfile.TemporaryDirectory(prefix="p2med-train-") as scratch:
+        tokenizer_dir = _tokenizer(shards, output, settings, stages[0], scratch)
+        for stage in stages:
+            stage_dir = output.join(f"stage{stage}")
+            if resume and stage_dir.join(MODEL_DIR, "p2med_config.json").exists():
+                print(f"train: stage {stage} already finished ({stage_dir.join(MODEL_DIR).uri}); skipping")
+                summary.stages.append(StageResult(stage, 0.0, stage_dir.join(MODEL_DIR).uri, skipped=True))
+                continue
+            summary.stages.append(
+                _run_stage(stage, shards, output, manifest, settings, tokenizer_dir, resume, scratch)
+            )
+    return summary
+
+
+def _run_stage(
+    stage: int,
+    shards: Location,
+    output: Location,
+    manifest: dict,
+    settings: TrainSettings,
+    tokenizer_dir: str,
+    resume: bool,
+    scratch: str,
+) -> StageResult:
+    started = time.perf_counter()
+    stage_dir = output.join(f"stage{stage}")
+    previous = output.join(f"stage{stage - 1}", MODEL_DIR) if stage > 1 else None
+    if previous is not None and not previous.join("p2med_config.json").exists():
+        raise P2MedError(
+            f"stage {stage} starts from stage {stage - 1}'s model, but {previous.uri} holds none; "
+            f"train stage {stage - 1} into {output.uri} first (or stage=all)"
+        )
+    if not resume:  # a fresh start: no checkpoint of an earlier attempt may be picked up
+        for name in (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
+            if stage_dir.join(name).exists():
+                stage_dir.join(name).remove()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    data_config = StageDataConfig(
+        tokenizer=tokenizer_dir,
+        max_length=settings.data.max_length,
+        task_weights=settings.data.task_weights,
+        seed=settings.seed,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say more
+    stage_settings = settings.stages.of(stage)
+    val_rows = settings.checkpoint.val_batches * stage_settings.batch_size
+    datasets = {
+        "train": stage_dataset(shards, stage, "train", data_config),
+        "val": stage_dataset(shards, stage, "val", data_config).limit(val_rows),
+    }
+    job = StageJob(
+        stage=stage,
+        settings=settings,
+        stage_dir=stage_dir.uri,
+        storage=output.storage,
+        tokenizer=tokenizer,
+        model_config=_model_config(settings, manifest, tokenizer) if stage == 1 else None,
+        init_model=previous.uri if previous is not None else None,
+        output=output.uri,
+    )
+    scaling = settings.scaling
+    _wait_for_resources(scaling)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker}
+            | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            name="ray",
+            storage_path=stage_dir.arrow_path(),
+            storage_filesystem=stage_dir.arrow_filesystem(),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=settings.checkpoint.keep_best,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    print(f"train: stage {stage} on {scaling.workers} worker(s) -> {stage_dir.uri}", flush=True)
+    trainer.fit()
+    if stage_dir.join(NAN_MARKER).exists():
+        where = stage_dir.join(NAN_MARKER).read_text().strip()
+        raise P2MedError(
+            f"stage {stage}: the loss became NaN or infinite ({where}); training stopped; "
+            f"the last good checkpoint is under {stage_dir.join('ray').uri}. "
+            "Lower the learning rate or check the data"
+        )
+    seconds = time.perf_counter() - started
+    print(f"train: stage {stage} done in {seconds:.0f} s", flush=True)
+    return StageResult(stage, seconds, stage_dir.join(MODEL_DIR).uri)
+
+
+def _tokenizer(
+    shards: Location, output: Location, settings: TrainSettings, first_stage: int, scratch: str
+) -> str:
+    """A local folder with the run's tokenizer: the configured one, the previous stage
+    model's, the one an earlier stage 1 trained, or (tiny, stage 1) a new BPE trained on the
+    shards' train split and saved under the output."""
+    local = os.path.join(scratch, "tokenizer")
+    model = settings.model
+    if model.tokenizer:
+        source = model.tokenizer
+    elif first_stage > 1:
+        source = output.join(f"stage{first_stage - 1}", MODEL_DIR, "tokenizer").uri
+    elif output.join("tokenizer", "tokenizer.json").exists():
+        source = output.join("tokenizer").uri
+    elif model.preset == "tiny":
+        print("train: training the tiny BPE tokenizer on the shards' train split", flush=True)
+        tokenizer = train_bpe_tokenizer(corpus(shards, "train"), vocab_size=model.vocab_size)
+        tokenizer.save_pretrained(local)
+        output.join("tokenizer").remove() if output.join("tokenizer").exists() else None
+        for name in os.listdir(local):
+            with open(os.path.join(local, name), "rb") as f:
+                output.join("tokenizer", name).write_bytes(f.read())
+        return local
+    else:
+        source = model.llm
+    if "://" in source and not source.startswith("file://"):
+        download(source, local, fs=output.fs if source.startswith("s3://") else None)
+    else:
+        shutil.copytree(source.removeprefix("file://"), local)
+    if model.preset == "paper":
+        tokenizer = with_image_token(load_tokenizer_any(local))
+        tokenizer.save_pretrained(local)
+    return local
+
+
+def load_tokenizer_any(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _model_config(settings: TrainSettings, manifest: dict, tokenizer) -> ModelConfig:
+    """The preset's config with the image sizes of the shards."""
+    model = settings.model
+    if model.preset == "paper":
+        if not (model.llm and model.vision):
+            raise P2MedError("model.preset=paper needs model.llm and model.vision (Hugging Face folders)")
+        config = PRESETS["paper"](model.llm, model.vision)
+    else:
+        config = PRESETS["tiny"]()
+    imaging = manifest["imaging"]
+    vision = config.vision.__class__(
+        **{
+            **config.vision.__dict__,
+            "xray_size": imaging["xray_size"],
+            "ct_slices": imaging["ct_slices"],
+            "ct_size": imaging["ct_size"],
+        }
+    )
+    return config.replace(vision=vision)
+
+
+def _wait_for_resources(scaling) -> None:
+    """Fail with a clear message when the cluster cannot hold the workers, plus one CPU for
+    the data pipeline's tasks, within the placement timeout (an autoscaling cluster may add
+    nodes meanwhile). Without that CPU the workers wait forever for data."""
+    need = {"CPU": scaling.workers * scaling.cpus_per_worker + DATA_CPUS}
+    if scaling.use_gpu:
+        need["GPU"] = scaling.workers * scaling.gpus_per_worker
+    deadline = time.monotonic() + scaling.placement_timeout_s
+    while True:
+        have = ray.cluster_resources()
+        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            wanted = ", ".join(f"{v:g} {k}" for k, v in need.items())
+            has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+            raise P2MedError(
+                f"the training workers and their data pipeline need {wanted} but the cluster has {has} "
+                f"(waited {scaling.placement_timeout_s:g} s); lower scaling.workers or "
+                "scaling.cpus_per_worker, or add nodes"
+            )
+        time.sleep(1.0)
+
+
+def _has_progress(output: Location, stages: list[int]) -> bool:
+    return any(output.join(f"stage{s}").exists() for s in stages)
