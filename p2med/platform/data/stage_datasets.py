@@ -36,7 +36,7 @@ import ray
 from transformers import PreTrainedTokenizerFast
 
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
-from p2med.platform.data.ingest import KIND, MANIFEST
+from p2med.platform.data.ingest import KIND, MANIFEST, SCHEMA_VERSION
 from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.prompts import INSTRUCTIONS, Sample, row_texts, stage_samples
 from p2med.platform.data.stage_config import StageDataConfig
@@ -84,6 +84,11 @@ def read_manifest(shards: Location) -> dict[str, Any]:
     manifest = json.loads(location.read_text())
     if manifest.get("kind") != KIND:
         raise P2MedError(f"{location.uri} is not a P2Med shards manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise P2MedError(
+            f"the shards at {shards.uri} have schema version {manifest.get('schema_version')!r}; this "
+            f"version of p2med reads version {SCHEMA_VERSION}: ingest the raw store again"
+        )
     if not manifest["shards"]:
         raise P2MedError(f"the ingest at {shards.uri} wrote no shards")
     return manifest

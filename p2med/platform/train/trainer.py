@@ -70,6 +70,7 @@ def train(
     check_writable(output)
     if resume and not _has_progress(output, stages):
         raise P2MedError(f"resume=true but {output.uri} holds no run of stage {stages[0]} to resume")
+    _check_previous_stage(output, stages[0])
     ensure_ray()
     summary = TrainSummary(output.uri)
     with tempfile.TemporaryDirectory(prefix="p2med-train-") as scratch:
@@ -99,11 +100,7 @@ def _run_stage(
     started = time.perf_counter()
     stage_dir = output.join(f"stage{stage}")
     previous = output.join(f"stage{stage - 1}", MODEL_DIR) if stage > 1 else None
-    if previous is not None and not previous.join("p2med_config.json").exists():
-        raise P2MedError(
-            f"stage {stage} starts from stage {stage - 1}'s model, but {previous.uri} holds none; "
-            f"train stage {stage - 1} into {output.uri} first (or stage=all)"
-        )
+    _check_previous_stage(output, stage)
     if not resume:  # a fresh start: no checkpoint of an earlier attempt may be picked up
         for name in (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
             if stage_dir.join(name).exists():
@@ -153,6 +150,8 @@ def _run_stage(
                 checkpoint_score_order="min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            # Ray Train's print patch echoes every worker line twice on the console
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -255,6 +254,15 @@ def _wait_for_resources(scaling) -> None:
                 "scaling.cpus_per_worker, or add nodes"
             )
         time.sleep(1.0)
+
+
+def _check_previous_stage(output: Location, stage: int) -> None:
+    previous = output.join(f"stage{stage - 1}", MODEL_DIR)
+    if stage > 1 and not previous.join("p2med_config.json").exists():
+        raise P2MedError(
+            f"stage {stage} starts from stage {stage - 1}'s model, but {previous.uri} holds none; "
+            f"train stage {stage - 1} into {output.uri} first (or stage=all)"
+        )
 
 
 def _has_progress(output: Location, stages: list[int]) -> bool:

@@ -1,0 +1,216 @@
+"""Three-stage training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2):
+end to end on local disk and on the local S3 server, worker-kill recovery, resume, and
+the bad inputs it must refuse clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from p2med.model.checkpoint import load_model
+from p2med.model.generation import GenerationSettings, encode_prompts, generate
+from p2med.platform.data.deid import DeidConfig
+from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.ingest import ingest
+from p2med.platform.data.ingest_config import IngestConfig
+from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.synth import generate as synthesize
+from p2med.platform.errors import P2MedError
+from p2med.platform.storage import resolve
+from p2med.platform.train.config import (
+    CheckpointSettings,
+    DataSettings,
+    ModelSettings,
+    ScalingSettings,
+    StageSettings,
+    StagesSettings,
+    TrackingSettings,
+    TrainSettings,
+)
+from p2med.platform.train.trainer import train
+
+pytestmark = pytest.mark.slow
+
+RAW = SynthConfig(patients=24, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
+INGEST = IngestConfig(
+    imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32),
+    deid=DeidConfig(key="k"),
+    shard_target_mb=0.3,
+)
+
+
+def settings(steps: int = 4, **changes) -> TrainSettings:
+    stage = StageSettings(steps=steps, batch_size=4, lr=3e-4)
+    base = {
+        "model": ModelSettings(vocab_size=512),
+        "data": DataSettings(max_length=96, shuffle_buffer=16),
+        "stages": StagesSettings(stage1=stage, stage2=stage, stage3=stage),
+        "checkpoint": CheckpointSettings(every_steps=2, keep_best=1, val_batches=2),
+        "tracking": TrackingSettings(log_every_steps=1),
+        "scaling": ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=0, placement_timeout_s=2),
+    }
+    return TrainSettings(**(base | changes))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    synthesize(RAW, resolve(str(root / "raw")), progress=False)
+    ingest(resolve(str(root / "raw")), resolve(str(root / "shards")), INGEST)
+    return root / "shards"
+
+
+def mlflow_runs(mlruns: Path) -> list[Path]:
+    return [p.parent for p in mlruns.glob("*/*/meta.yaml")]
+
+
+def metric_steps(run: Path, name: str) -> list[int]:
+    return [int(line.split()[2]) for line in (run / "metrics" / name).read_text().splitlines()]
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_three_stages_end_to_end(shards, tmp_path, where, request):
+    if where == "local":
+        shards_uri, output_uri, storage = str(shards), str(tmp_path / "run"), None
+    else:
+        bucket, storage = request.getfixturevalue("bucket"), request.getfixturevalue("s3_storage")
+        resolve(f"s3://{bucket}", storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
+        shards_uri, output_uri = f"s3://{bucket}/shards", f"s3://{bucket}/runs/r1"
+    shards_at, output = resolve(shards_uri, storage), resolve(output_uri, storage)
+
+    summary = train(shards_at, output, settings(), [1, 2, 3], resume=False)
+
+    assert [r.stage for r in summary.stages] == [1, 2, 3]
+    for stage in (1, 2, 3):
+        folder = output.join(f"stage{stage}")
+        assert folder.join("model", "p2med_config.json").exists()
+        assert folder.join("loss.png").read_bytes()[:4] == b"\x89PNG"
+        checkpoints = [p for p in folder.join("ray").list_files() if p.startswith("checkpoint_") and "/" in p]
+        assert {p.split("/")[0] for p in checkpoints}, "no checkpoint kept"
+        assert len({p.split("/")[0] for p in checkpoints}) == 1  # keep_best=1
+        ranks = {p.rsplit("/", 1)[-1] for p in checkpoints}
+        assert {
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        } <= ranks
+    final = output.join("stage3", "model")
+    model, tokenizer = load_model(final.uri, fs=final.fs)
+    assert set(model.config.trained) == {"vision", "resampler", "alignment", "llm_base", "lora"}
+    ids, mask = encode_prompts(tokenizer, ["Impression:"])
+    assert isinstance(
+        generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
+    )
+    if where == "local":
+        runs = mlflow_runs(tmp_path / "run" / "mlruns")
+        assert len(runs) == 3
+        for run in runs:
+            for name in ("loss", "val_loss", "lr", "tokens_per_s", "samples_per_s"):
+                assert (run / "metrics" / name).exists(), name
+    else:
+        assert output.join("mlruns", "stage3").exists()
+
+
+def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(shards, tmp_path):
+    output = resolve(str(tmp_path / "run"))
+    config = settings(steps=10, scaling=ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=1))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = train(resolve(str(shards)), output, config, [1], resume=False)
+        except Exception as exc:  # reported to the test thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    ray_dir = tmp_path / "run" / "stage1" / "ray"
+    deadline = time.monotonic() + 600
+    while (
+        not list(ray_dir.glob("checkpoint_*/state/*")) and time.monotonic() < deadline and thread.is_alive()
+    ):
+        time.sleep(0.5)
+    workers = [
+        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert workers, "no training worker found to kill"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=900)
+
+    assert "error" not in outcome, outcome.get("error")
+    assert (tmp_path / "run/stage1/model/p2med_config.json").exists()
+    runs = mlflow_runs(tmp_path / "run" / "mlruns")
+    assert (
+        len(runs) == 1
+    )  # the replacement workers continued the same run: its state came from the checkpoint
+    assert max(metric_steps(runs[0], "loss")) == 10
+
+
+def test_resume_continues_from_the_latest_checkpoint(shards, tmp_path):
+    output = resolve(str(tmp_path / "run"))
+    train(resolve(str(shards)), output, settings(steps=4), [1], resume=False)
+    shutil.rmtree(tmp_path / "run/stage1/model")  # as if the run had stopped before its end
+    train(resolve(str(shards)), output, settings(steps=6), [1], resume=True)
+
+    runs = mlflow_runs(tmp_path / "run" / "mlruns")
+    assert len(runs) == 1
+    steps = metric_steps(runs[0], "loss")
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 only were added: it went on from step 4
+    assert (tmp_path / "run/stage1/model/p2med_config.json").exists()
+
+
+def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(shards, tmp_path):
+    stage = StageSettings(steps=6, batch_size=4, lr=1e4)
+    config = settings(
+        stages=StagesSettings(stage1=stage),
+        checkpoint=CheckpointSettings(every_steps=1, keep_best=2, val_batches=1),
+    )
+    with pytest.raises(P2MedError, match=r"NaN or infinite.*last good checkpoint"):
+        train(resolve(str(shards)), resolve(str(tmp_path / "run")), config, [1], resume=False)
+    assert list((tmp_path / "run/stage1/ray").glob("checkpoint_*/state/mp_rank_00_model_states.pt"))
+    assert not (tmp_path / "run/stage1/model").exists()
+
+
+def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
+    with pytest.raises(P2MedError, match=r"no manifest\.json"):
+        train(
+            resolve(str(tmp_path / "nothing")), resolve(str(tmp_path / "run")), settings(), [1], resume=False
+        )
+
+    old = tmp_path / "old-shards"
+    shutil.copytree(shards, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(manifest | {"schema_version": 99}))
+    with pytest.raises(P2MedError, match="schema version 99"):
+        train(resolve(str(old)), resolve(str(tmp_path / "run")), settings(), [1], resume=False)
+
+    with pytest.raises(P2MedError, match="stage 2 starts from stage 1's model"):
+        train(resolve(str(shards)), resolve(str(tmp_path / "run")), settings(), [2], resume=False)
+
+    with pytest.raises(P2MedError, match=r"resume=true but .* holds no run of stage 1"):
+        train(resolve(str(shards)), resolve(str(tmp_path / "empty")), settings(), [1], resume=True)
+
+    too_many = settings(scaling=ScalingSettings(workers=4, cpus_per_worker=1, placement_timeout_s=1))
+    started = time.monotonic()
+    with pytest.raises(P2MedError, match=r"need 5 CPU but the cluster has 2 CPU"):
+        train(resolve(str(shards)), resolve(str(tmp_path / "run")), too_many, [1], resume=False)
+    assert time.monotonic() - started < 60
+
+
+def test_tiny_reads_its_image_sizes_from_the_shards(shards, tmp_path):
+    """The model's vision input sizes follow the ingest (64 px X-rays, 8 x 32 x 32 CTs)."""
+    output = resolve(str(tmp_path / "run"))
+    train(resolve(str(shards)), output, settings(steps=2), [1], resume=False)
+    model, _ = load_model(str(tmp_path / "run/stage1/model"))
+    vision = model.config.vision
+    assert (vision.xray_size, vision.ct_slices, vision.ct_size) == (64, 8, 32)
+    assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
