@@ -17,6 +17,7 @@ unfinished one continues from its latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -125,7 +126,7 @@ def _run_stage(
         stage_dir=stage_dir.uri,
         storage=output.storage,
         tokenizer=tokenizer,
-        model_config=_model_config(settings, manifest, tokenizer) if stage == 1 else None,
+        model_config=model_config_for(settings, manifest) if stage == 1 else None,
         init_model=previous.uri if previous is not None else None,
         output=output.uri,
     )
@@ -211,7 +212,7 @@ def load_tokenizer_any(folder: str):
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def _model_config(settings: TrainSettings, manifest: dict, tokenizer) -> ModelConfig:
+def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
     """The preset's config with the image sizes of the shards."""
     model = settings.model
     if model.preset == "paper":
@@ -221,15 +222,8 @@ def _model_config(settings: TrainSettings, manifest: dict, tokenizer) -> ModelCo
     else:
         config = PRESETS["tiny"]()
     imaging = manifest["imaging"]
-    vision = config.vision.__class__(
-        **{
-            **config.vision.__dict__,
-            "xray_size": imaging["xray_size"],
-            "ct_slices": imaging["ct_slices"],
-            "ct_size": imaging["ct_size"],
-        }
-    )
-    return config.replace(vision=vision)
+    sizes = {key: imaging[key] for key in ("xray_size", "ct_slices", "ct_size")}
+    return config.replace(vision=dataclasses.replace(config.vision, **sizes))
 
 
 def _wait_for_resources(scaling) -> None:
