@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from transformers import AutoTokenizer
 
 from p2med.model.config import ModelConfig
 from p2med.model.files import download
@@ -189,7 +190,8 @@ def _tokenizer(
         print("train: training the tiny BPE tokenizer on the shards' train split", flush=True)
         tokenizer = train_bpe_tokenizer(corpus(shards, "train"), vocab_size=model.vocab_size)
         tokenizer.save_pretrained(local)
-        output.join("tokenizer").remove() if output.join("tokenizer").exists() else None
+        if output.join("tokenizer").exists():
+            output.join("tokenizer").remove()
         for name in os.listdir(local):
             with open(os.path.join(local, name), "rb") as f:
                 output.join("tokenizer", name).write_bytes(f.read())
@@ -201,15 +203,9 @@ def _tokenizer(
     else:
         shutil.copytree(source.removeprefix("file://"), local)
     if model.preset == "paper":
-        tokenizer = with_image_token(load_tokenizer_any(local))
+        tokenizer = with_image_token(AutoTokenizer.from_pretrained(local, local_files_only=True))
         tokenizer.save_pretrained(local)
     return local
-
-
-def load_tokenizer_any(folder: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
