@@ -18,6 +18,7 @@ unfinished one continues from its latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -103,10 +104,11 @@ def _run_stage(
     stage_dir = output.join(f"stage{stage}")
     previous = output.join(f"stage{stage - 1}", MODEL_DIR) if stage > 1 else None
     _check_previous_stage(output, stage)
-    if not resume:  # a fresh start: no checkpoint of an earlier attempt may be picked up
-        for name in (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
-            if stage_dir.join(name).exists():
-                stage_dir.join(name).remove()
+    # a fresh start: no checkpoint of an earlier attempt may be picked up; a resumed one
+    # keeps its checkpoints, but an earlier divergence is news no more
+    for name in (NAN_MARKER,) if resume else (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
+        if stage_dir.join(name).exists():
+            stage_dir.join(name).remove()
     tokenizer = load_tokenizer(tokenizer_dir)
     data_config = StageDataConfig(
         tokenizer=tokenizer_dir,
@@ -159,13 +161,18 @@ def _run_stage(
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     print(f"train: stage {stage} on {scaling.workers} worker(s) -> {stage_dir.uri}", flush=True)
-    trainer.fit()
+    result = trainer.fit()
     if stage_dir.join(NAN_MARKER).exists():
-        where = stage_dir.join(NAN_MARKER).read_text().strip()
+        where = json.loads(stage_dir.join(NAN_MARKER).read_text())
+        kept = (
+            f"the last good checkpoint (step {result.metrics['step']}) is {result.checkpoint.path}; "
+            f"rerun with resume=true to continue from it"
+            if result.checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
         raise P2MedError(
-            f"stage {stage}: the loss became NaN or infinite ({where}); training stopped; "
-            f"the last good checkpoint is under {stage_dir.join('ray').uri}. "
-            "Lower the learning rate or check the data"
+            f"stage {stage}: the loss became NaN or infinite at step {where['step']}; training stopped; "
+            f"{kept}. Lower the learning rate or check the data"
         )
     seconds = time.perf_counter() - started
     print(f"train: stage {stage} done in {seconds:.0f} s", flush=True)

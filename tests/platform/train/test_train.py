@@ -12,7 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -86,20 +89,28 @@ def metric_steps(run: Path, name: str) -> list[int]:
     return [int(line.split()[2]) for line in (run / "metrics" / name).read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def local_run(shards, tmp_path_factory) -> Path:
+    """All three stages trained once on local disk, for the tests that read a finished run."""
+    run = tmp_path_factory.mktemp("local-run") / "run"
+    summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1, 2, 3], resume=False)
+    assert [r.stage for r in summary.stages] == [1, 2, 3]
+    return run
+
+
 @pytest.mark.s3
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_three_stages_end_to_end(shards, tmp_path, where, request):
+def test_three_stages_end_to_end(shards, where, request):
     if where == "local":
-        shards_uri, output_uri, storage = str(shards), str(tmp_path / "run"), None
+        output = resolve(str(request.getfixturevalue("local_run")))
     else:
         bucket, storage = request.getfixturevalue("bucket"), request.getfixturevalue("s3_storage")
         resolve(f"s3://{bucket}", storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
-        shards_uri, output_uri = f"s3://{bucket}/shards", f"s3://{bucket}/runs/r1"
-    shards_at, output = resolve(shards_uri, storage), resolve(output_uri, storage)
+        output = resolve(f"s3://{bucket}/runs/r1", storage)
+        shards_at = resolve(f"s3://{bucket}/shards", storage)
+        summary = train(shards_at, output, settings(), [1, 2, 3], resume=False)
+        assert [r.stage for r in summary.stages] == [1, 2, 3]
 
-    summary = train(shards_at, output, settings(), [1, 2, 3], resume=False)
-
-    assert [r.stage for r in summary.stages] == [1, 2, 3]
     for stage in (1, 2, 3):
         folder = output.join(f"stage{stage}")
         assert folder.join("model", "p2med_config.json").exists()
@@ -120,13 +131,51 @@ def test_three_stages_end_to_end(shards, tmp_path, where, request):
         generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
     )
     if where == "local":
-        runs = mlflow_runs(tmp_path / "run" / "mlruns")
+        runs = mlflow_runs(Path(output.uri) / "mlruns")
         assert len(runs) == 3
         for run in runs:
             for name in ("loss", "val_loss", "lr", "tokens_per_s", "samples_per_s"):
                 assert (run / "metrics" / name).exists(), name
     else:
         assert output.join("mlruns", "stage3").exists()
+
+
+def test_tiny_reads_its_image_sizes_from_the_shards(local_run):
+    """The model's vision input sizes follow the ingest (64 px X-rays, 8 x 32 x 32 CTs)."""
+    model, _ = load_model(str(local_run / "stage1" / "model"))
+    vision = model.config.vision
+    assert (vision.xray_size, vision.ct_slices, vision.ct_size) == (64, 8, 32)
+    assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
+
+
+def poisoned_copy(shards: Path, target: Path) -> Path:
+    """The shards with every image's pixels set to NaN (a corrupt upstream step, say)."""
+    shutil.copytree(shards, target)
+    for path in target.rglob("*.parquet"):
+        table = pq.read_table(path)
+        for kind in ("xray", "ct"):
+            column = table.column(kind).to_pylist()
+            nan = [None if b is None else np.full(len(b) // 2, np.nan, np.float16).tobytes() for b in column]
+            table = table.set_column(table.schema.get_field_index(kind), kind, pa.array(nan, pa.binary()))
+        pq.write_table(table, path)
+    return target
+
+
+def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(shards, local_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(local_run / "stage1" / "model", run / "stage1" / "model")
+    output = resolve(str(run))
+    train(resolve(str(shards)), output, settings(steps=2), [2], resume=False)  # a good checkpoint at step 2
+    shutil.rmtree(run / "stage2" / "model")  # as if stopped there
+
+    bad = poisoned_copy(shards, tmp_path / "poisoned")
+    diverged = r"NaN or infinite at step 3.*last good checkpoint \(step 2\)"
+    with pytest.raises(P2MedError, match=diverged) as error:
+        train(resolve(str(bad)), output, settings(steps=4), [2], resume=True)
+
+    kept = Path(str(error.value).split(" is ")[1].split(";")[0])
+    assert (kept / "state" / "mp_rank_00_model_states.pt").exists()
+    assert not (run / "stage2" / "model").exists()  # no diverged model passed on to stage 3
 
 
 def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(shards, tmp_path):
@@ -201,13 +250,3 @@ def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
     with pytest.raises(P2MedError, match=r"need 5 CPU but the cluster has 2 CPU"):
         train(resolve(str(shards)), resolve(str(tmp_path / "run")), too_many, [1], resume=False)
     assert time.monotonic() - started < 60
-
-
-def test_tiny_reads_its_image_sizes_from_the_shards(shards, tmp_path):
-    """The model's vision input sizes follow the ingest (64 px X-rays, 8 x 32 x 32 CTs)."""
-    output = resolve(str(tmp_path / "run"))
-    train(resolve(str(shards)), output, settings(steps=2), [1], resume=False)
-    model, _ = load_model(str(tmp_path / "run/stage1/model"))
-    vision = model.config.vision
-    assert (vision.xray_size, vision.ct_slices, vision.ct_size) == (64, 8, 32)
-    assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
