@@ -20,3 +20,4 @@ bench: setup
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/stream.py
 	.venv/bin/python bench/generate.py
+	.venv/bin/python bench/train.py

@@ -15,6 +15,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from p2med.platform.config import describe_fields, load_config
 from p2med.platform.errors import ConfigError, P2MedError
@@ -39,6 +40,7 @@ JOBS = {
         Job("synth", "p2med.jobs.synth"),
         Job("ingest", "p2med.jobs.ingest"),
         Job("train", "p2med.jobs.train"),
+        Job("eval", "p2med.jobs.eval"),
     ]
 }
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -70,10 +72,14 @@ def _dispatch(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_job_help(name, module))
         return 0
-    config_file, overrides = _split_args(name, rest, module.Config)
-    config = load_config(module.Config, config_file, overrides)
-    module.run(config)
+    module.run(job_config(module, name, rest))
     return 0
+
+
+def job_config(module: ModuleType, name: str, args: list[str]) -> Any:
+    """The typed config of job `name` from its command-line arguments (validated)."""
+    config_file, overrides = _split_args(name, args, module.Config)
+    return load_config(module.Config, config_file, overrides)
 
 
 def _split_args(job: str, args: list[str], config_cls) -> tuple[str | None, list[str]]:

@@ -1,11 +1,17 @@
-"""cluster.yaml is a valid Ray cluster launcher config (checked offline, no cloud)."""
+"""cluster.yaml is a valid Ray cluster launcher config, and k8s/rayjob.yaml a KubeRay job
+that runs a valid p2med command on our image (checked offline, no cloud)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
+import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from p2med.cli import JOBS, job_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,3 +27,28 @@ def test_cluster_yaml_matches_rays_schema():
     assert [w["node_config"]["InstanceType"][0] for w in workers] == ["g"]  # one GPU worker group
     assert all(w["min_workers"] == 0 and w["node_config"]["InstanceMarketOptions"] for w in workers)
     assert "-e ~/p2med" in " ".join(config["setup_commands"])
+
+
+def test_kuberay_rayjob_runs_a_valid_p2med_command_on_our_image():
+    job = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = job["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
+    assert len(images) == 1  # head and workers run the same build of the project
+    (gpu,) = cluster["workerGroupSpecs"]
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    # the entrypoint is a p2med command whose arguments our typed config accepts
+    program, name, *args = shlex.split(spec["entrypoint"])
+    assert (program, name) == ("p2med", "train")
+    config = job_config(JOBS[name].load(), name, args)
+    assert config.scaling.workers <= gpu["maxReplicas"] and config.scaling.use_gpu
+
+    # the image builds on the Ray image of cluster.yaml, at the Ray version we pin
+    base = re.search(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.M)[1]
+    assert base == yaml.safe_load((REPO / "cluster.yaml").read_text())["docker"]["image"]
+    assert base.startswith(f"rayproject/ray:{ray.__version__}-")
