@@ -28,7 +28,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from p2med.model.config import ModelConfig
-from p2med.model.files import download, is_remote, local_path, upload
+from p2med.model.files import download, is_remote, local_path, remote, upload
 from p2med.model.llm import base_state_dict
 from p2med.model.mllm import P2MedModel
 from p2med.model.presets import build_model
@@ -42,6 +42,8 @@ REQUIRED = (
     "vision.safetensors",
     "tokenizer/tokenizer.json",
 )
+LLM_CONFIG, ADAPTER_WEIGHTS = "llm/config.json", "adapter/adapter_model.safetensors"
+OPTIONAL = (LLM_CONFIG, ADAPTER_WEIGHTS)  # which of them a folder needs depends on its config
 
 
 def save_model(
@@ -98,23 +100,39 @@ def _write(model: P2MedModel, tokenizer: Any, folder: Path) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
 
 
+def check_model_folder(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> ModelConfig:
+    """The config of the model folder at `uri` (local or remote), without loading weights.
+
+    Raises:
+        FileNotFoundError: the folder or a part of it is missing (named).
+    """
+    fs, root = remote(uri, fs) if is_remote(uri) else (fsspec.filesystem("file"), local_path(uri))
+    return _checked_config(fs, root, uri)
+
+
+def _checked_config(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> ModelConfig:
+    """The folder's config once every part the config calls for is there (else the error names them)."""
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"no model folder at {uri}")
+    present = {part for part in (*REQUIRED, *OPTIONAL) if fs.exists(f"{root.rstrip('/')}/{part}")}
+    missing = [part for part in REQUIRED if part not in present]
+    if CONFIG_FILE in missing:
+        raise FileNotFoundError(f"model folder {uri} is incomplete: missing {', '.join(missing)}")
+    config = ModelConfig.from_dict(json.loads(fs.cat_file(f"{root.rstrip('/')}/{CONFIG_FILE}")))
+    if LLM_CONFIG not in present and (not config.llm.pretrained or config.merged):
+        missing.append("llm/")
+    if not config.merged and ADAPTER_WEIGHTS not in present:
+        missing.append(ADAPTER_WEIGHTS)
+    if missing:
+        raise FileNotFoundError(f"model folder {uri} is incomplete: missing {', '.join(missing)}")
+    return config
+
+
 def _read(
     folder: Path, uri: str, fs: fsspec.AbstractFileSystem | None, merge: bool
 ) -> tuple[P2MedModel, Any]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no model folder at {uri}")
-    missing = [part for part in REQUIRED if not (folder / part).exists()]
-    if CONFIG_FILE in missing:
-        raise FileNotFoundError(f"model folder {uri} is incomplete: missing {', '.join(missing)}")
-    config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    has_llm = (folder / "llm" / "config.json").exists()
-    if not has_llm and (not config.llm.pretrained or config.merged):
-        missing.append("llm/")
-    if not config.merged and not (folder / "adapter" / "adapter_model.safetensors").exists():
-        missing.append("adapter/adapter_model.safetensors")
-    if missing:
-        raise FileNotFoundError(f"model folder {uri} is incomplete: missing {', '.join(missing)}")
-
+    config = _checked_config(fsspec.filesystem("file"), str(folder), uri)
+    has_llm = (folder / LLM_CONFIG).exists()
     tokenizer = load_tokenizer(folder / "tokenizer")
     model = build_model(config, tokenizer, fs, llm_folder=str(folder / "llm") if has_llm else None)
     _load_part(model.resampler, folder / "resampler.safetensors")
@@ -122,9 +140,7 @@ def _read(
     clip_from_base = config.vision.pretrained and "vision" not in config.trained
     _load_part(model.vision, folder / "vision.safetensors", may_lack="clip." if clip_from_base else None)
     if not config.merged:
-        result = set_peft_model_state_dict(
-            model.llm, load_file(folder / "adapter" / "adapter_model.safetensors")
-        )
+        result = set_peft_model_state_dict(model.llm, load_file(folder / ADAPTER_WEIGHTS))
         if result.unexpected_keys:
             raise ValueError(
                 f"the LoRA adapter at {uri} does not fit the model: {result.unexpected_keys[:3]}"

@@ -238,13 +238,16 @@ def _images(kept: list[tuple[dict, Sample, list, list]], spec: StreamSpec) -> di
         for i, (row, sample, _, _) in enumerate(kept):
             if kind in sample.images:
                 if id(row) not in decoded:
-                    decoded[id(row)] = (
-                        np.frombuffer(row[kind], dtype=np.float16).reshape(shape).astype(np.float32)
-                    )
+                    decoded[id(row)] = decode_pixels(row[kind], shape)
                 pixels[i] = decoded[id(row)]
                 shown[i] = 1
         out[kind], out[f"has_{kind}"] = pixels, shown
     return out
+
+
+def decode_pixels(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """A shard's image bytes (float16) -> float32 pixels of `shape`."""
+    return np.frombuffer(raw, dtype=np.float16).reshape(shape).astype(np.float32)
 
 
 def corpus(shards: Location, split: str = "train") -> Iterator[str]:

@@ -1,0 +1,159 @@
+"""The benchmark: P2Med-MBench-style samples from the `bench` split of an ingest.
+
+    bench = build_benchmark(resolve("s3://bucket/shards"), BenchmarkConfig())
+
+642 samples by default (the paper's size) over the six tasks: an equal share per task,
+and within a task as even a mix of diagnoses as the split allows (round robin over the
+diagnoses, a patient at most once per task). Deterministic: within a diagnosis, patients
+are ordered by a hash of (seed, patient, task), so the same shards and seed give the same
+benchmark and another seed another draw. Prompts and references are the stage-3 samples
+of `p2med.platform.data.prompts`, exactly what the model was tuned on.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from p2med.platform.data.prompts import task_sample
+from p2med.platform.data.stage_datasets import read_manifest, shard_paths
+from p2med.platform.data.tasks import TEXT_COLUMNS, tasks_for
+from p2med.platform.data.vocabulary import DIAGNOSES, DIAGNOSIS_NAMES
+from p2med.platform.errors import P2MedError
+from p2med.platform.eval.settings import BenchmarkConfig
+from p2med.platform.storage import Location
+
+UNKNOWN = "unknown"  # the diagnosis of a patient without a record
+_LABELS = {name.lower(): label for label, name in DIAGNOSIS_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class BenchSample:
+    """One benchmark question: the model reads `prompt` with its images and is scored
+    against `reference`."""
+
+    id: str  # "<patient pseudonym>/<task>": de-identified, stable across runs
+    task: str
+    diagnosis: str  # the patient's recorded diagnosis (a vocabulary label) or "unknown"
+    prompt: str
+    reference: str
+    images: tuple[str, ...]  # "xray" / "ct", one per `<image>` in `prompt`, in order
+    xray: bytes | None  # float16 pixels (S, S), as in the shards
+    ct: bytes | None  # float16 pixels (D, H, W)
+
+
+@dataclass
+class Benchmark:
+    samples: list[BenchSample]
+    xray_shape: tuple[int, int]
+    ct_shape: tuple[int, int, int]
+    shortfall: dict[str, int] = field(default_factory=dict)  # task -> samples missing from its share
+
+    def counts(self) -> dict[str, Any]:
+        """Samples per task and per diagnosis (for the report's header)."""
+        return {
+            "samples": len(self.samples),
+            "tasks": dict(collections.Counter(s.task for s in self.samples)),
+            "diagnoses": dict(collections.Counter(s.diagnosis for s in self.samples)),
+        }
+
+
+def build_benchmark(shards: Location, config: BenchmarkConfig) -> Benchmark:
+    """The benchmark of `config` from the bench split of the ingest at `shards`.
+
+    Raises:
+        P2MedError: no ingest there, or its bench split holds no patients.
+    """
+    manifest = read_manifest(shards)
+    candidates: dict[str, dict[str, list[tuple[bytes, BenchSample]]]] = {
+        task: collections.defaultdict(list) for task in config.tasks
+    }
+    patients = 0
+    for row in split_rows(shards, manifest):
+        patients += 1
+        diagnosis = row_diagnosis(row)
+        for task in tasks_for(row):
+            if task in candidates:
+                key = hashlib.blake2b(f"{config.seed}/{row['patient']}/{task}".encode(), digest_size=8)
+                candidates[task][diagnosis].append((key.digest(), _bench_sample(row, task, diagnosis)))
+    if patients == 0:
+        raise P2MedError(
+            f"the bench split of {shards.uri} holds no patients: ingest with split.bench_fraction above 0 "
+            "(and enough patients that some land in it)"
+        )
+    samples, shortfall = [], {}
+    for i, task in enumerate(config.tasks):
+        share = config.samples // len(config.tasks) + (i < config.samples % len(config.tasks))
+        chosen = _round_robin(candidates[task], share)
+        samples += chosen
+        if len(chosen) < share:
+            shortfall[task] = share - len(chosen)
+    imaging = manifest["imaging"]
+    return Benchmark(
+        samples,
+        xray_shape=(imaging["xray_size"],) * 2,
+        ct_shape=(imaging["ct_slices"], imaging["ct_size"], imaging["ct_size"]),
+        shortfall=shortfall,
+    )
+
+
+def split_rows(
+    shards: Location, manifest: dict[str, Any], split: str = "bench", pixels: bool = True
+) -> Iterator[dict[str, Any]]:
+    """The rows (dicts) of one split, shard by shard. Without `pixels`, the image columns
+    hold b"" for an image that is there (the ingest keeps an image exactly when its report
+    is kept), so the prompts come out the same without reading any pixel."""
+    fs = shards.arrow_filesystem()
+    columns = ["patient", "split", *TEXT_COLUMNS] + (["xray", "ct"] if pixels else [])
+    for path in shard_paths(shards, manifest):
+        table = pq.read_table(path, filesystem=fs, columns=columns, filters=[("split", "==", split)])
+        for row in table.to_pylist():
+            if not pixels:
+                row |= {kind: b"" if row[f"{kind}_report"] is not None else None for kind in ("xray", "ct")}
+            yield row
+
+
+def row_diagnosis(row: dict[str, Any]) -> str:
+    """The diagnosis a patient's record states, as a vocabulary label ("unknown" without one)."""
+    for column, section in (("outpatient", "diagnosis"), ("inpatient", "discharge_diagnosis")):
+        if row.get(column) is not None:
+            stated = json.loads(row[column]).get(section, "").strip().rstrip(".").lower()
+            if stated in _LABELS:
+                return _LABELS[stated]
+    return UNKNOWN
+
+
+def _bench_sample(row: dict[str, Any], task: str, diagnosis: str) -> BenchSample:
+    sample = task_sample(row, task)
+    return BenchSample(
+        id=f"{row['patient']}/{task}",
+        task=task,
+        diagnosis=diagnosis,
+        prompt=sample.prompt,
+        reference=sample.target,
+        images=tuple(sample.images),
+        xray=row["xray"] if "xray" in sample.images else None,
+        ct=row["ct"] if "ct" in sample.images else None,
+    )
+
+
+def _round_robin(by_diagnosis: dict[str, list[tuple[bytes, BenchSample]]], share: int) -> list[BenchSample]:
+    """Up to `share` samples, one diagnosis after another in vocabulary order, each
+    diagnosis's samples in hash order, so every diagnosis gets an equal part while it lasts."""
+    queues = [
+        collections.deque(s for _, s in sorted(by_diagnosis[d], key=lambda pair: pair[0]))
+        for d in (*DIAGNOSES, UNKNOWN)
+        if by_diagnosis.get(d)
+    ]
+    chosen: list[BenchSample] = []
+    while len(chosen) < share and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < share:
+                chosen.append(queue.popleft())
+    return chosen

@@ -1,0 +1,120 @@
+"""Batch inference with Ray Data: benchmark samples -> generated answers.
+
+The samples become a Ray Dataset; `map_batches` sends batches to a pool of actors that
+each hold the model (loaded once per actor, LoRA merged, on a GPU when the actor has one).
+Samples are sorted by task first, so a batch holds answers of similar length and no row
+waits long for the longest. A sample whose generation fails is answered with "" and the
+reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from p2med.model.checkpoint import load_model
+from p2med.model.generation import GenerationSettings, encode_prompts, generate
+from p2med.model.interleave import MODALITIES, Images
+from p2med.platform.data.stage_datasets import decode_pixels
+from p2med.platform.data.tasks import TASKS
+from p2med.platform.eval.benchmark import BenchSample
+from p2med.platform.eval.settings import InferenceConfig
+from p2med.platform.storage import StorageConfig, resolve
+
+
+def answer(
+    runs: dict[str, list[BenchSample]],
+    model_uri: str,
+    storage: StorageConfig,
+    shapes: dict[str, tuple[int, ...]],
+    config: InferenceConfig,
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Per run name, the (answer, failure reason or None) of each of its samples, in order."""
+    rows = [_row(run, i, sample) for run, samples in runs.items() for i, sample in enumerate(samples)]
+    rows.sort(key=lambda r: (TASKS.index(r["task"]), len(r["prompt"])))
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, config.replicas * 4))
+    predictor_args = {"model_uri": model_uri, "storage": storage, "shapes": shapes, "config": config}
+    answered = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs=predictor_args,
+        batch_size=config.batch_size,
+        batch_format="pandas",
+        concurrency=config.replicas,
+        num_cpus=config.cpus_per_replica,
+        num_gpus=config.gpus_per_replica,
+    )
+    out = {run: [("", "not answered")] * len(samples) for run, samples in runs.items()}
+    done, started = 0, time.monotonic()
+    for batch in answered.iter_batches(batch_size=None, batch_format="pandas"):
+        for run, index, text, failed in zip(
+            batch["run"], batch["index"], batch["answer"], batch["failed"], strict=True
+        ):
+            out[run][int(index)] = (text, failed or None)
+        done += len(batch)
+        print(f"eval: {done}/{len(rows)} answers ({time.monotonic() - started:.0f} s)", flush=True)
+    return out
+
+
+def _row(run: str, index: int, sample: BenchSample) -> dict[str, Any]:
+    return {
+        "run": run,
+        "index": index,
+        "task": sample.task,
+        "prompt": sample.prompt,
+        "xray": sample.xray,
+        "ct": sample.ct,
+    }
+
+
+class Predictor:
+    """Ray Data actor: a batch of samples -> their answers."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        storage: StorageConfig,
+        shapes: dict[str, tuple[int, ...]],
+        config: InferenceConfig,
+    ) -> None:
+        location = resolve(model_uri, storage)
+        self.model, self.tokenizer = load_model(location.uri, fs=location.fs, merge=True)
+        if config.gpus_per_replica > 0 and torch.cuda.is_available():
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.model = self.model.to("cuda", dtype)
+        self.shapes = shapes
+        self.settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+
+    def __call__(self, batch: Any) -> Any:
+        """batch: a pandas DataFrame of `_row`s -> run, index, answer, failed."""
+        rows = batch.to_dict("records")
+        try:
+            answers = [(text, "") for text in self._generate(rows)]
+        except Exception:  # find which sample fails: answer the rest one by one
+            answers = [self._one(row) for row in rows]
+        batch = batch[["run", "index"]].copy()
+        batch["answer"] = [text for text, _ in answers]
+        batch["failed"] = [reason for _, reason in answers]
+        return batch
+
+    def _one(self, row: dict[str, Any]) -> tuple[str, str]:
+        try:
+            return self._generate([row])[0], ""
+        except Exception as exc:  # recorded per sample; the message names shapes, never data
+            return "", f"{type(exc).__name__}: {exc}"
+
+    def _generate(self, rows: list[dict[str, Any]]) -> list[str]:
+        ids, mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows])
+        # an absent image is None, or NaN where pandas saw a column without any image
+        kinds = [[kind for kind in MODALITIES if isinstance(row[kind], bytes)] for row in rows]
+        stacked = {}
+        for kind in MODALITIES:
+            pixels = [
+                decode_pixels(row[kind], self.shapes[kind]) for row in rows if isinstance(row[kind], bytes)
+            ]
+            stacked[kind] = torch.from_numpy(np.stack(pixels)).to(self.model.device) if pixels else None
+        images = Images(kinds, xray=stacked["xray"], ct=stacked["ct"])
+        return generate(self.model, self.tokenizer, ids, mask, images, self.settings)

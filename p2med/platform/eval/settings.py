@@ -1,0 +1,63 @@
+"""The evaluation's settings, apart from its machinery so that loading a config stays cheap."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from p2med.platform.config import Config
+from p2med.platform.data.tasks import TASKS
+
+MODEL, TEXT_ONLY, SHUFFLED, MAJORITY = "model", "text_only", "shuffled_images", "majority"
+CONTROLS = (TEXT_ONLY, SHUFFLED, MAJORITY)  # what `p2med.platform.eval.controls` makes
+
+
+class BenchmarkConfig(Config):
+    """Which samples make the benchmark."""
+
+    samples: int = Field(642, ge=1)
+    """How many samples in all (P2Med-MBench has 642), split evenly over `tasks`."""
+    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    """The tasks to evaluate."""
+    seed: int = 0
+    """Which patients a task takes when the split has more than it needs."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown or not tasks:
+            known = ", ".join(TASKS)
+            raise ValueError(f"tasks must be a non-empty subset of {known}; got {unknown or tasks}")
+        return [t for t in TASKS if t in tasks]
+
+
+class InferenceConfig(Config):
+    """How the benchmark is answered."""
+
+    batch_size: int = Field(16, ge=1)
+    """Samples generated together by one actor."""
+    replicas: int = Field(1, ge=1)
+    """Actors, each holding the model."""
+    cpus_per_replica: float = Field(1.0, gt=0)
+    """CPUs each actor holds (its torch threads follow)."""
+    gpus_per_replica: float = Field(0.0, ge=0)
+    """Above 0, every actor runs the model on a GPU (bf16 where supported)."""
+    max_new_tokens: int = Field(320, ge=1)
+    """Longest answer; the longest reference (an inpatient record) needs about 200 tiny-BPE tokens."""
+
+
+class EvalSettings(Config):
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    """Which samples (size, tasks, seed)."""
+    inference: InferenceConfig = InferenceConfig()
+    """How they are answered (batch size, actors, resources, answer length)."""
+    controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
+    """Controls to run beside the model: text_only, shuffled_images, majority."""
+
+    @field_validator("controls")
+    @classmethod
+    def _known_controls(cls, controls: list[str]) -> list[str]:
+        unknown = sorted(set(controls) - set(CONTROLS))
+        if unknown:
+            raise ValueError(f"unknown controls {unknown}; controls are {', '.join(CONTROLS)}")
+        return controls

@@ -1,0 +1,173 @@
+"""The evaluation report: console summary table and self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+from p2med.platform.data.tasks import TASKS
+from p2med.platform.eval.report import html_report, summary_table
+
+URI = "s3://bucket/runs/<r1>/stage3/model"
+LABELS = ["normal", "bacterial_pneumonia", "viral_pneumonia", "mycoplasma_pneumonia", "bronchiolitis", "none"]
+REPORT_TASKS = ("xray_report", "ct_report", "outpatient_record", "inpatient_record")
+DIAGNOSIS_TASKS = ("outpatient_record", "inpatient_record", "differential_diagnosis")
+
+
+def scores(base: float, task: str, samples: int = 100, failed: int = 0) -> dict[str, Any]:
+    """Scores of one task; metrics that do not apply to the task are None."""
+    writes_report = task in REPORT_TASKS or task == "overall"
+    diagnoses = task in DIAGNOSIS_TASKS or task == "overall"
+    treats = task == "treatment_recommendation" or task == "overall"
+    return {
+        "samples": samples,
+        "failed": failed,
+        "rouge_l": base if writes_report else None,
+        "bleu4": base / 2 if writes_report else None,
+        "findings_f1": base + 0.1 if task in ("xray_report", "ct_report", "overall") else None,
+        "diagnosis_accuracy": base + 0.2 if diagnoses else None,
+        "diagnosis_macro_f1": base + 0.15 if diagnoses else None,
+        "treatment_agreement": base + 0.05 if treats else None,
+    }
+
+
+def control(base: float) -> dict[str, Any]:
+    matrix = [[10 * (i == j) + j for j in range(6)] for i in range(5)]
+    return {
+        "overall": scores(base, "overall", samples=600, failed=3),
+        "tasks": {task: scores(base, task, failed=3 if task == "ct_report" else 0) for task in TASKS},
+        "confusion": {"labels": LABELS, "matrix": matrix},
+    }
+
+
+def metrics(*controls: str) -> dict[str, Any]:
+    bases = {"model": 0.5, "text_only": 0.3, "shuffled_images": 0.25, "majority": 0.1}
+    return {
+        "model": URI,
+        "benchmark": {
+            "samples": 600,
+            "tasks": {task: 100 for task in TASKS},
+            "diagnoses": {label: 120 for label in LABELS[:-1]},
+        },
+        "controls": {name: control(bases[name]) for name in controls},
+    }
+
+
+ALL = metrics("model", "text_only", "shuffled_images", "majority")
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the page's text."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def row(table: str, first: str) -> list[str]:
+    """The cells of the first line that starts with `first`."""
+    return next(line.split() for line in table.splitlines() if line.split()[:1] == [first])
+
+
+def test_summary_table_rows_scores_and_placeholders() -> None:
+    table = summary_table(ALL)
+    print(table)
+    assert max(len(line) for line in table.splitlines()) <= 110
+    assert URI in table and "600 benchmark samples" in table
+    header = next(line for line in table.splitlines() if line.startswith("task"))
+    for title in ("ROUGE-L", "BLEU-4", "find F1", "dx acc", "dx mF1", "treat agr", "samples", "failed"):
+        assert f" {title}" in header
+    for task in TASKS:
+        assert task in table
+    assert row(table, "xray_report") == [
+        "xray_report",
+        "0.500",
+        "0.250",
+        "0.600",
+        "n/a",
+        "n/a",
+        "n/a",
+        "100",
+        "0",
+    ]
+    assert row(table, "ct_report")[-1] == "3"
+    assert row(table, "treatment_recommendation")[1:7] == ["n/a"] * 5 + ["0.550"]
+    assert row(table, "overall") == [
+        "overall",
+        "0.500",
+        "0.250",
+        "0.600",
+        "0.700",
+        "0.650",
+        "0.550",
+        "600",
+        "3",
+    ]
+
+
+def test_summary_table_compares_controls() -> None:
+    table = summary_table(ALL)
+    comparison = table[table.index("controls") :]
+    assert "Findings F1" in comparison and "Diagnosis accuracy" in comparison
+    assert row(comparison, "task") == ["task"] + ["model", "text-only", "shuffled", "majority"] * 2
+    # Findings F1 of model, text-only, shuffled, majority; then their diagnosis accuracy.
+    assert row(comparison, "xray_report")[1:] == ["0.600", "0.400", "0.350", "0.200"] + ["n/a"] * 4
+    assert row(comparison, "overall")[1:] == [
+        "0.600",
+        "0.400",
+        "0.350",
+        "0.200",
+        "0.700",
+        "0.500",
+        "0.450",
+        "0.300",
+    ]
+
+
+def test_summary_table_model_only() -> None:
+    table = summary_table(metrics("model"))
+    assert "controls" not in table
+    assert row(table, "overall")[1] == "0.500"
+
+
+def test_html_report_is_self_contained_and_escaped() -> None:
+    from matplotlib import pyplot as plt
+
+    page = html_report(ALL)
+    parsed = Tags(page)
+    images = [attrs["src"] for tag, attrs in parsed.tags if tag == "img"]
+    assert len(images) == 4  # findings F1, diagnosis accuracy, ROUGE-L, confusion heatmap
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    png = base64.b64decode(images[0].removeprefix("data:image/png;base64,"), validate=True)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert not re.search(r"(src|href)=\"?(https?:)?//", page)
+    assert not any(tag in ("link", "script") for tag, _ in parsed.tags)
+    assert "s3://bucket/runs/&lt;r1&gt;/stage3/model" in page and URI not in page
+    text = "".join(parsed.text)
+    for task in TASKS:
+        assert task in text
+    for name in ("text-only", "shuffled", "majority", "Failed", "reference \\ predicted"):
+        assert name in text
+    assert plt.get_fignums() == []
+
+
+def test_html_report_is_deterministic() -> None:
+    assert html_report(ALL) == html_report(ALL)
+
+
+def test_html_report_model_only() -> None:
+    page = html_report(metrics("model"))
+    parsed = Tags(page)
+    assert sum(tag == "img" for tag, _ in parsed.tags) == 4
+    assert "text-only" not in page
