@@ -118,11 +118,12 @@ def interleave(
     if new_labels is not None:
         new_labels[rows, targets] = labels[rows, cols]
 
-    rows, cols = is_image.nonzero(as_tuple=True)  # row-major: reading order
-    if len(rows):
-        slots = starts[rows, cols][:, None] + torch.arange(latents.shape[1], device=latents.device)
-        embeds[rows[:, None], slots] = latents.to(embeds.dtype)
-        mask[rows[:, None], slots] = 1
+    # Row-major: reading order. Done without images too, so that `latents` (P = 0) stays in
+    # the graph: the encoders then still get (zero) gradients, as distributed training needs.
+    rows, cols = is_image.nonzero(as_tuple=True)
+    slots = starts[rows, cols][:, None] + torch.arange(latents.shape[1], device=latents.device)
+    embeds[rows[:, None], slots] = latents.to(embeds.dtype)
+    mask[rows[:, None], slots] = 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     return Interleaved(embeds, mask, positions, new_labels)
 

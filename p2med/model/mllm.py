@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from p2med.model.alignment import AlignmentHead, contrastive_loss
 from p2med.model.config import ModelConfig
-from p2med.model.interleave import Images, Interleaved, expanded_length, interleave
+from p2med.model.interleave import MODALITIES, Images, Interleaved, expanded_length, interleave
 from p2med.model.resampler import PerceiverResampler
 from p2med.model.vision import VisionEncoder
 
@@ -47,22 +47,36 @@ class P2MedModel(nn.Module):
         return self.llm.config.max_position_embeddings
 
     def encode_images(self, images: Images) -> torch.Tensor:
-        """Images -> latents in the LLM's width (P, N, D), in placeholder reading order."""
-        encoded = {}
-        if images.xray is not None and len(images.xray):
-            encoded["xray"] = self.resampler(*self.vision.encode_xray(images.xray))
-        if images.ct is not None and len(images.ct):
-            encoded["ct"] = self.resampler(*self.vision.encode_ct(images.ct))
-        order = [kind for kinds in images.kinds for kind in kinds]
-        if not order:
-            width = self.resampler.projection.out_features
-            return torch.zeros(0, self.config.resampler.latents, width, dtype=self.dtype, device=self.device)
+        """Images -> latents in the LLM's width (P, N, D), in placeholder reading order.
+
+        Both encoders run on every call, on no images when the batch has none of their
+        kind, and the latents carry a zero-weight term of both encodings. So in distributed
+        training every trainable parameter gets a gradient on every rank (DeepSpeed ZeRO-2
+        reduces gradients in buckets that must match across ranks), whatever mix of X-rays,
+        CTs and text its batch holds."""
+        encoded = {
+            kind: self.resampler(*self.vision(self._pixels(images, kind), kind)) for kind in MODALITIES
+        }
+        anchor = sum(latents.sum() for latents in encoded.values()) * 0.0
         taken = dict.fromkeys(encoded, 0)
         picked = []
-        for kind in order:
+        for kind in (kind for kinds in images.kinds for kind in kinds):
             picked.append(encoded[kind][taken[kind]])
             taken[kind] += 1
-        return torch.stack(picked)
+        if not picked:
+            width = self.resampler.projection.out_features
+            empty = torch.zeros(0, self.config.resampler.latents, width, dtype=self.dtype, device=self.device)
+            return empty + anchor
+        return torch.stack(picked) + anchor
+
+    def _pixels(self, images: Images, kind: str) -> torch.Tensor:
+        """The batch's images of `kind`, or an empty batch of that kind's shape."""
+        pixels = getattr(images, kind)
+        if pixels is not None:
+            return pixels
+        vision = self.config.vision
+        shape = (vision.xray_size,) * 2 if kind == "xray" else (vision.ct_slices,) + (vision.ct_size,) * 2
+        return torch.zeros(0, *shape, dtype=self.dtype, device=self.device)
 
     def embed(
         self,

@@ -74,6 +74,25 @@ class VisionEncoder(nn.Module):
     def width(self) -> int:
         return self.clip.config.hidden_size
 
+    def forward(self, pixels: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """X-rays or CT volumes (see `encode_xray`, `encode_ct`) -> tokens (N, T, Dv), mask (N, T).
+
+        The model calls the encoder as a module, not through those methods, as DeepSpeed's
+        hooks expect. An empty batch
+        (N = 0) gives (0, 1, Dv) tokens without running CLIP (which cannot take one) and,
+        when training, a zero-weight term of every trainable parameter, so that they all
+        get a gradient on every rank (see `P2MedModel.encode_images`)."""
+        if len(pixels) == 0 and kind in ("xray", "ct"):
+            tokens = pixels.new_zeros(0, 1, self.width)
+            if torch.is_grad_enabled():
+                tokens = tokens + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.long)
+        if kind == "xray":
+            return self.encode_xray(pixels)
+        if kind == "ct":
+            return self.encode_ct(pixels)
+        raise ValueError(f"image kind {kind!r} does not exist; kinds are xray and ct")
+
     def encode_xray(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels: (N, S, S) or (N, C, S, S) in [0, 1] -> tokens (N, T, Dv), mask (N, T)."""
         size = self.config.xray_size

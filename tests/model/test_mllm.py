@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from p2med.model.interleave import IGNORE_INDEX, Images, expanded_length
+from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN
 from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, xrays
 
@@ -115,3 +116,26 @@ def test_empty_and_overlong_prompts_are_refused(model, tokenizer):
     long[0, :2] = model.image_token_id  # 2 images push it past the context
     with pytest.raises(ValueError, match="context is 1024"):
         model(long, torch.ones_like(long), images=Images([["xray", "xray"]], xray=xrays(2)))
+
+
+@pytest.mark.parametrize(
+    ("stage", "shown"), [(3, "text only"), (2, "X-rays only"), (2, "CTs only"), (3, "X-rays only")]
+)
+def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_shows(model, tokenizer, stage, shown):
+    """Distributed training (DeepSpeed ZeRO) needs the same parameters to get gradients on
+    every rank, whatever mix of images a rank's batch holds."""
+    if shown == "text only":
+        texts, images = ["Cough and fever.", "Clear lungs."], Images.none(2)
+    elif shown == "X-rays only":
+        texts, images = [f"{IMAGE_TOKEN} Chest X-ray."] * 2, Images([["xray"], ["xray"]], xray=xrays(2))
+    else:
+        texts, images = [f"{IMAGE_TOKEN} Chest CT."] * 2, Images([["ct"], ["ct"]], ct=cts(2))
+    ids, mask = right_padded(tokenizer, texts)
+    apply_stage(model, stage)
+    loss = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), images).loss
+    if stage == 2:  # stage 2 adds the contrastive loss of its image-report pairs
+        report_ids, report_mask = right_padded(tokenizer, ["Clear lungs.", "Consolidation."])
+        loss = loss + model.alignment_loss(images, report_ids, report_mask)
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:5]

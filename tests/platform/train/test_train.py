@@ -32,6 +32,7 @@ from p2med.platform.storage import resolve
 from p2med.platform.train.config import (
     CheckpointSettings,
     DataSettings,
+    DeepSpeedSettings,
     ModelSettings,
     ScalingSettings,
     StageSettings,
@@ -48,6 +49,14 @@ INGEST = IngestConfig(
     imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32),
     deid=DeidConfig(key="k"),
     shard_target_mb=0.3,
+)
+
+# Stage 2 with one image per rank and step: ranks often differ in modality (CT or X-ray),
+# which once broke ZeRO's gradient reduction (every rank must reduce the same buckets).
+MIXED = StagesSettings(
+    stage1=StageSettings(steps=4, batch_size=4, lr=3e-4),
+    stage2=StageSettings(steps=6, batch_size=1, lr=3e-4),
+    stage3=StageSettings(steps=4, batch_size=4, lr=3e-4),
 )
 
 
@@ -93,7 +102,7 @@ def metric_steps(run: Path, name: str) -> list[int]:
 def local_run(shards, tmp_path_factory) -> Path:
     """All three stages trained once on local disk, for the tests that read a finished run."""
     run = tmp_path_factory.mktemp("local-run") / "run"
-    summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1, 2, 3], resume=False)
+    summary = train(resolve(str(shards)), resolve(str(run)), settings(stages=MIXED), [1, 2, 3], resume=False)
     assert [r.stage for r in summary.stages] == [1, 2, 3]
     return run
 
@@ -108,7 +117,7 @@ def test_three_stages_end_to_end(shards, where, request):
         resolve(f"s3://{bucket}", storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
         output = resolve(f"s3://{bucket}/runs/r1", storage)
         shards_at = resolve(f"s3://{bucket}/shards", storage)
-        summary = train(shards_at, output, settings(), [1, 2, 3], resume=False)
+        summary = train(shards_at, output, settings(stages=MIXED), [1, 2, 3], resume=False)
         assert [r.stage for r in summary.stages] == [1, 2, 3]
 
     for stage in (1, 2, 3):
@@ -244,6 +253,10 @@ def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
 
     with pytest.raises(P2MedError, match=r"resume=true but .* holds no run of stage 1"):
         train(resolve(str(shards)), resolve(str(tmp_path / "empty")), settings(), [1], resume=True)
+
+    zero3 = settings(deepspeed=DeepSpeedSettings(zero_stage=3))
+    with pytest.raises(P2MedError, match="zero_stage=3 trains stage 1 only"):
+        train(resolve(str(shards)), resolve(str(tmp_path / "run")), zero3, [1, 2], resume=False)
 
     too_many = settings(scaling=ScalingSettings(workers=4, cpus_per_worker=1, placement_timeout_s=1))
     started = time.monotonic()
