@@ -50,14 +50,14 @@ def shuffled_images(samples: list[BenchSample], seed: int) -> list[BenchSample]:
 def majority_answers(shards: Location, tasks: list[str]) -> dict[str, str]:
     """Per task, the majority-class answer: among the training split's samples of its
     commonest diagnosis, the commonest target (ties: the first in sort order)."""
-    rows = list(split_rows(shards, read_manifest(shards), split="train", pixels=False))
-    diagnoses = collections.Counter(d for row in rows if (d := row_diagnosis(row)) != UNKNOWN)
+    rows = [(row, row_diagnosis(row)) for row in split_rows(shards, read_manifest(shards), "train", False)]
+    diagnoses = collections.Counter(d for _, d in rows if d != UNKNOWN)
     if not diagnoses:
         return {}
     commonest = min(diagnoses, key=lambda d: (-diagnoses[d], d))
     targets: dict[str, collections.Counter[str]] = {task: collections.Counter() for task in tasks}
-    for row in rows:
-        if row_diagnosis(row) == commonest:
+    for row, diagnosis in rows:
+        if diagnosis == commonest:
             for task in tasks_for(row):
                 if task in targets:
                     targets[task][task_sample(row, task).target] += 1

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from p2med.platform.data.tasks import TASKS
+from p2med.platform.eval.settings import MAJORITY, MODEL, SHUFFLED, TEXT_ONLY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,11 +35,11 @@ SCORES = (
 # Metrics compared across controls in the console and charted per task in the HTML page.
 COMPARED = ("findings_f1", "diagnosis_accuracy")
 CHARTED = ("findings_f1", "diagnosis_accuracy", "rouge_l")
-CONTROLS = {  # name -> (short label, what it is)
-    "model": ("model", "the model under evaluation"),
-    "text_only": ("text-only", "images removed from the prompts"),
-    "shuffled_images": ("shuffled", "images swapped between patients"),
-    "majority": ("majority", "majority-class baseline, no model"),
+CONTROL_LABELS = {  # name -> (short label, what it is)
+    MODEL: ("model", "the model under evaluation"),
+    TEXT_ONLY: ("text-only", "images removed from the prompts"),
+    SHUFFLED: ("shuffled", "images swapped between patients"),
+    MAJORITY: ("majority", "majority-class baseline, no model"),
 }
 TASK_WIDTH = max(len(task) for task in TASKS)
 CELL = 10
@@ -104,7 +105,7 @@ def _control_comparison(controls: Mapping[str, Mapping[str, Any]]) -> list[str]:
     block = CELL * len(controls)
     titles = gap.join(_title(key).center(block) for key in COMPARED)
     labels = gap.join("".join(_label(name).rjust(CELL) for name in controls) for _ in COMPARED)
-    legend = [f"  {_label(name)}: {CONTROLS[name][1]}" for name in controls if name in CONTROLS]
+    legend = [f"  {_label(name)}: {CONTROL_LABELS[name][1]}" for name in controls if name in CONTROL_LABELS]
     lines = [
         "controls (how much the images matter):",
         *legend,
@@ -128,7 +129,7 @@ def _metric(control: Mapping[str, Any], row: str, key: str) -> float | None:
 
 
 def _label(control: str) -> str:
-    return CONTROLS.get(control, (control, ""))[0]
+    return CONTROL_LABELS.get(control, (control, ""))[0]
 
 
 def _title(key: str) -> str:
@@ -138,9 +139,9 @@ def _title(key: str) -> str:
 def _header(metrics: Mapping[str, Any]) -> str:
     benchmark = metrics["benchmark"]
     legend = "".join(
-        f"<li><b>{html.escape(_label(name))}</b>: {html.escape(CONTROLS[name][1])}</li>"
+        f"<li><b>{html.escape(_label(name))}</b>: {html.escape(CONTROL_LABELS[name][1])}</li>"
         for name in metrics["controls"]
-        if name in CONTROLS
+        if name in CONTROL_LABELS
     )
     return (
         "<h1>Evaluation report</h1>"
