@@ -45,6 +45,9 @@ class ResamplerConfig:
     depth: int = 2
     heads: int = 4
     ff_mult: int = 2
+    region_prior: bool = True
+    """Each latent starts at the mean of its own region of the image (`resampler.region_means`)
+    plus its learned vector; False: learned vectors alone, as in Flamingo."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class ModelConfig:
     """LoRA merged into the LLM (a serving export); such a model no longer trains LoRA."""
     vocab_size: int = 0
     """Set from the tokenizer when the LLM is built from sizes."""
+    finding_labels: int = 15
+    """K, the outputs of stage 2's finding head: the platform's label space (its vocabulary)."""
     trained: tuple[str, ...] = ()
     """Parts trained so far (`stages`): decides which weights a checkpoint must hold."""
 

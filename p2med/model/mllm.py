@@ -7,24 +7,34 @@ out.loss.backward()
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from peft import PeftModel
 from torch import nn
 from transformers import LlamaForCausalLM
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
-from p2med.model.alignment import AlignmentHead, contrastive_loss
+from p2med.model.alignment import FindingHead, finding_loss
 from p2med.model.config import ModelConfig
 from p2med.model.interleave import MODALITIES, Images, Interleaved, expanded_length, interleave
 from p2med.model.resampler import PerceiverResampler
 from p2med.model.vision import VisionEncoder
 
 
+@dataclass
+class P2MedOutput(ModelOutput):
+    """What `P2MedModel.forward` returns; the losses are None where no targets were given."""
+
+    loss: torch.Tensor | None = None  # next-token loss
+    logits: torch.Tensor | None = None  # (B, L', V)
+    finding_loss: torch.Tensor | None = None  # stage 2's direct vision signal
+
+
 class P2MedModel(nn.Module):
     """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged;
-    `alignment` serves stage 2's contrastive loss only."""
+    `alignment` (the finding head) serves stage 2's direct vision signal only."""
 
     def __init__(
         self,
@@ -39,7 +49,7 @@ class P2MedModel(nn.Module):
         self.vision = vision
         self.resampler = resampler
         self.llm = llm
-        self.alignment = AlignmentHead(llm.config.hidden_size)
+        self.alignment = FindingHead(config.resampler.latents, llm.config.hidden_size, config.finding_labels)
         self.image_token_id = image_token_id
 
     @property
@@ -119,26 +129,29 @@ class P2MedModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         images: Images | None = None,
-    ) -> CausalLMOutputWithPast:
+        findings: torch.Tensor | None = None,
+    ) -> P2MedOutput:
         """Logits (B, L', V) and, with `labels` (B, L), the mean next-token loss over the
-        labelled text positions (the LLM shifts the labels itself)."""
+        labelled text positions (the LLM shifts the labels itself). With `findings` (P, K),
+        multi-hot per image in reading order, also stage 2's `finding_loss` of the same
+        latents."""
         x = self.embed(input_ids, attention_mask, labels, images)
-        return self.llm(
+        out = self.llm(
             inputs_embeds=x.inputs_embeds,
             attention_mask=x.attention_mask,
             position_ids=x.position_ids,
             labels=x.labels,
             use_cache=False,
         )
-
-    def alignment_loss(self, images: Images, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Stage 2's contrastive image-report loss (`alignment`): one image per sample and
-        its report as `text_ids` / `text_mask` (B, L), read by the LLM as it is."""
-        images.check([1] * len(text_ids))
-        latents = self.encode_images(images)
-        llm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        states = llm.model(input_ids=text_ids, attention_mask=text_mask).last_hidden_state
-        return contrastive_loss(self.alignment(latents, states, text_mask), text_ids)
+        result = P2MedOutput(loss=out.loss, logits=out.logits)
+        if findings is not None:
+            if findings.shape != (len(x.image_latents), self.config.finding_labels):
+                raise ValueError(
+                    f"findings must be (images, {self.config.finding_labels}) = "
+                    f"({len(x.image_latents)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
+                )
+            result.finding_loss = finding_loss(self.alignment(x.image_latents), findings)
+        return result
 
     @property
     def device(self) -> torch.device:

@@ -2,8 +2,8 @@
 
 1. Medical text: LoRA of the LLM. A randomly initialised LLM (`tiny`) also trains its
    base weights: LoRA on a random base has far too little capacity.
-2. Image-text alignment: the perceiver resampler and its projection, and the contrastive
-   head (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
+2. Image-text alignment: the perceiver resampler and its projection, and the finding head
+   (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
 3. Instruction tuning: LoRA and the resampler (and, for a random-init LLM, its base).
 """
 

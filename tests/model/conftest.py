@@ -52,6 +52,11 @@ MIXED_TEXTS = [
 ]
 
 
+def some_findings(images: int, labels: int) -> torch.Tensor:
+    """(images, labels) multi-hot targets of stage 2's finding loss, a different label each."""
+    return torch.eye(labels)[torch.arange(images) % labels]
+
+
 def mixed_images() -> Images:
     """Images for MIXED_TEXTS: X-ray; CT; none; X-ray then CT."""
     return Images([["xray"], ["ct"], [], ["xray", "ct"]], xray=xrays(2), ct=cts(2))

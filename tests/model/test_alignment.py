@@ -1,27 +1,41 @@
-"""The contrastive image-report loss: matched pairs score low, identical reports share."""
+"""Stage 2's finding loss: confident right answers score low, wrong ones high, and the
+model refuses targets that do not match its images."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from p2med.model.alignment import contrastive_loss
+from p2med.model.alignment import FindingHead, finding_loss
+from p2med.model.interleave import IGNORE_INDEX, Images
+from tests.model.conftest import right_padded, xrays
 
 
-def test_matching_pairs_give_a_low_loss_and_swaps_a_high_one():
-    texts = torch.tensor([[1, 2], [3, 4], [5, 6]])
-    matched = torch.eye(3) * 20
-    assert contrastive_loss(matched, texts) < 0.01
-    swapped = matched[[1, 0, 2]]
-    assert contrastive_loss(swapped, texts) > 5
-    assert math.isclose(contrastive_loss(torch.zeros(3, 3), texts).item(), math.log(3), rel_tol=1e-6)
+def test_right_answers_give_a_low_loss_and_wrong_ones_a_high_one():
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    confident = (targets * 2 - 1) * 20
+    assert finding_loss(confident, targets) < 1e-6
+    assert finding_loss(-confident, targets) > 15
+    assert math.isclose(finding_loss(torch.zeros(2, 3), targets).item(), math.log(2), rel_tol=1e-6)
 
 
-def test_identical_reports_are_all_correct_partners():
-    texts = torch.tensor([[1, 2], [1, 2], [3, 4]])  # images 0 and 1 have the same report
-    logits = torch.tensor([[20.0, 20.0, 0.0], [20.0, 20.0, 0.0], [0.0, 0.0, 20.0]])
-    best = 2 * math.log(2) / 3  # the targets' own entropy: rows 0 and 1 split their match in two
-    assert math.isclose(contrastive_loss(logits, texts).item(), best, rel_tol=1e-4)
-    one_partner = torch.eye(3) * 20  # treating the twin report as a mistake is worse
-    assert contrastive_loss(one_partner, texts) > best + 5
+def test_the_head_reads_every_latent_position():
+    """Location lies in which latent saw what: moving a signal between latents changes the
+    logits, which a pooled head could not tell apart."""
+    torch.manual_seed(0)
+    head = FindingHead(latents=4, width=8, labels=3)
+    latents = torch.randn(1, 4, 8)
+    assert head(latents).shape == (1, 3)
+    assert not torch.allclose(head(latents), head(latents[:, [1, 0, 2, 3]]))
+
+
+def test_findings_must_match_the_images(model, tokenizer):
+    ids, mask = right_padded(tokenizer, ["<image>\nReport.", "<image>\nReport."])
+    images = Images([["xray"], ["xray"]], xray=xrays(2))
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    out = model(ids, mask, labels, images, torch.zeros(2, model.config.finding_labels))
+    assert out.finding_loss is not None and out.loss is not None
+    with pytest.raises(ValueError, match=r"findings must be \(images, 15\) = \(2, 15\); got \(1, 15\)"):
+        model(ids, mask, labels, images, torch.zeros(1, model.config.finding_labels))

@@ -8,7 +8,7 @@ import torch
 from p2med.model.interleave import IGNORE_INDEX, Images, expanded_length
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN
-from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, xrays
+from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, some_findings, xrays
 
 
 def test_forward_on_a_mixed_batch(model, tokenizer):
@@ -132,10 +132,9 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_shows(mode
         texts, images = [f"{IMAGE_TOKEN} Chest CT."] * 2, Images([["ct"], ["ct"]], ct=cts(2))
     ids, mask = right_padded(tokenizer, texts)
     apply_stage(model, stage)
-    loss = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), images).loss
-    if stage == 2:  # stage 2 adds the contrastive loss of its image-report pairs
-        report_ids, report_mask = right_padded(tokenizer, ["Clear lungs.", "Consolidation."])
-        loss = loss + model.alignment_loss(images, report_ids, report_mask)
-    loss.backward()
+    # stage 2 adds the finding loss of its images (one per sample)
+    findings = some_findings(len(images.kinds), model.config.finding_labels) if stage == 2 else None
+    out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), images, findings)
+    (out.loss if findings is None else out.loss + out.finding_loss).backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:5]

@@ -14,6 +14,8 @@ from the manifest's imaging config):
                                               `<image>` and padding (the model shifts them)
     xray (B, S, S), ct (B, D, H, W) float32   in [0, 1]; zeros where the sample shows none
     has_xray, has_ct, task     (B,) int64     task indexes `tasks.TASKS`
+    findings (stage 2)         (B, K) float32 multi-hot over `vocabulary.FINDING_LABELS`: what
+                                              the report states, read by the extractor
 
 Stage 1 (text) has no image columns and no task column. Samples of one patient arrive
 next to each other: shuffle when iterating (`local_shuffle_buffer_size`, `local_shuffle_seed`).
@@ -36,11 +38,13 @@ import ray
 from transformers import PreTrainedTokenizerFast
 
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
+from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest import KIND, MANIFEST, SCHEMA_VERSION
 from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.prompts import INSTRUCTIONS, Sample, row_texts, stage_samples
 from p2med.platform.data.stage_config import StageDataConfig
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
+from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location
 
@@ -206,7 +210,19 @@ def encode_rows(batch: pa.Table, spec: StreamSpec) -> tuple[dict[str, np.ndarray
     if spec.stage > 1:
         out |= _images(kept, spec)
         out["task"] = np.array([TASKS.index(s.task) for _, s, _, _ in kept], dtype=np.int64)
+    if spec.stage == 2:
+        out["findings"] = finding_vectors([s.target for _, s, _, _ in kept])
     return out, dict(too_long)
+
+
+def finding_vectors(reports: list[str]) -> np.ndarray:
+    """Reports -> (N, K) float32 multi-hot rows over `FINDING_LABELS`."""
+    extractor = VocabularyExtractor()
+    out = np.zeros((len(reports), len(FINDING_LABELS)), dtype=np.float32)
+    for i, report in enumerate(reports):
+        for finding in extractor.findings(report):
+            out[i, FINDING_LABELS.index(finding)] = 1.0
+    return out
 
 
 def _mixed(row: dict[str, Any], spec: StreamSpec) -> list[Sample]:

@@ -95,3 +95,13 @@ class Finding:
         if self.side == "bilateral":
             return f"bilateral {what}"
         return f"{self.side} {what}"
+
+
+# Every finding a report can state: the label space of stage 2's finding head, in a fixed
+# order (focal types in each lobe, effusion by side, the diffuse findings).
+FINDING_LABELS: tuple[Finding, ...] = (
+    *(Finding(kind, lobe_side(lobe), lobe) for kind in sorted(FOCAL_FINDINGS) for lobe in LOBES),
+    *(Finding("pleural_effusion", side) for side in ("right", "left", "bilateral")),
+    Finding("interstitial_opacity", "bilateral"),
+    Finding("hyperinflation", "bilateral"),
+)

@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 from p2med.model.checkpoint import check_model_folder
+from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.benchmark import Benchmark, BenchSample, build_benchmark
 from p2med.platform.eval.controls import majority_answers, shuffled_images, text_only
-from p2med.platform.eval.extract import VocabularyExtractor
 from p2med.platform.eval.inference import answer
 from p2med.platform.eval.report import html_report, summary_table
 from p2med.platform.eval.scores import score_sample, summarize

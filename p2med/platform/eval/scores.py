@@ -14,9 +14,9 @@ from typing import Any
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from p2med.platform.data.extract import ClinicalExtractor
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import DIAGNOSES
-from p2med.platform.eval.extract import ClinicalExtractor
 
 # The clinical scores each task's target carries; ROUGE-L and BLEU-4 apply to every task.
 TASK_SCORES: dict[str, frozenset[str]] = {

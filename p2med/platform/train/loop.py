@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from p2med.model.checkpoint import load_model, save_model
 from p2med.model.config import ModelConfig
-from p2med.model.interleave import IGNORE_INDEX, Images
+from p2med.model.interleave import Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.platform.storage import StorageConfig, resolve
@@ -154,27 +154,22 @@ def plan_params(plan: Any) -> dict[str, Any]:
 def stage_loss(
     engine: Any, batch: dict[str, torch.Tensor], stage: int, alignment_weight: float
 ) -> torch.Tensor:
-    """The stage's loss on one batch: the language-model loss, plus in stage 2 the
-    contrastive image-report loss (each stage-2 sample is one image and its report)."""
+    """The stage's loss on one batch: the language-model loss, plus in stage 2 the finding
+    loss of its images (each stage-2 sample is one image and its report)."""
+    batch = trimmed(batch)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
-    loss = engine(ids, mask, labels, images).loss
-    if stage == 2 and alignment_weight > 0:
-        report_ids, report_mask = report_tokens(ids, labels)
-        loss = loss + alignment_weight * engine.module.alignment_loss(images, report_ids, report_mask)
-    return loss
+    findings = batch["findings"] if stage == 2 and alignment_weight > 0 else None
+    out = engine(ids, mask, labels, images, findings)
+    return out.loss if findings is None else out.loss + alignment_weight * out.finding_loss
 
 
-def report_tokens(input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target tokens of each row (its report), left-aligned and right-padded with 0."""
-    target = labels != IGNORE_INDEX
-    lengths = target.sum(1)
-    ids = torch.zeros(
-        len(input_ids), int(lengths.max().clamp(min=1)), dtype=input_ids.dtype, device=input_ids.device
-    )
-    mask = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]
-    ids[mask] = input_ids[target]
-    return ids, mask.long()
+def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the padding columns that no row uses: stage datasets pad every row
+    to max_length, and the LLM's cost grows with the longest row it is given."""
+    length = int(batch["attention_mask"].sum(1).max())
+    text = ("input_ids", "attention_mask", "labels")
+    return {key: value[:, :length] if key in text else value for key, value in batch.items()}
 
 
 @torch.no_grad()

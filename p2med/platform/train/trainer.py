@@ -36,6 +36,7 @@ from p2med.model.presets import PRESETS
 from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer, with_image_token
 from p2med.platform.data.stage_config import StageDataConfig
 from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
+from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.ray_runtime import ensure_ray
 from p2med.platform.storage import Location, check_writable
@@ -225,7 +226,8 @@ def _tokenizer(
 
 
 def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
-    """The preset's config with the image sizes of the shards."""
+    """The preset's config with the image sizes of the shards and the label space of the
+    finding head."""
     model = settings.model
     if model.preset == "paper":
         if not (model.llm and model.vision):
@@ -235,7 +237,8 @@ def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
         config = PRESETS["tiny"]()
     imaging = manifest["imaging"]
     sizes = {key: imaging[key] for key in ("xray_size", "ct_slices", "ct_size")}
-    return config.replace(vision=dataclasses.replace(config.vision, **sizes))
+    vision = dataclasses.replace(config.vision, **sizes)
+    return config.replace(vision=vision, finding_labels=len(FINDING_LABELS))
 
 
 def _wait_for_resources(scaling) -> None:

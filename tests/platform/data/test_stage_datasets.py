@@ -18,6 +18,7 @@ import torch
 
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer, train_bpe_tokenizer
 from p2med.platform.data.deid import DeidConfig
+from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_config import IngestConfig
@@ -34,6 +35,7 @@ from p2med.platform.data.stage_datasets import (
 )
 from p2med.platform.data.synth import SynthConfig, generate
 from p2med.platform.data.tasks import TASKS
+from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location, resolve
 
@@ -139,7 +141,8 @@ def test_batches_are_ready_tensors(shards, stage, tokenizer_dir):
     found = batches(stage_dataset(shards, stage, "train", config(tokenizer_dir)))
     text_keys = {"input_ids", "attention_mask", "labels"}
     image_keys = {"xray", "ct", "has_xray", "has_ct", "task"}
-    assert found and all(set(b) == (text_keys if stage == 1 else text_keys | image_keys) for b in found)
+    keys = text_keys if stage == 1 else text_keys | image_keys | ({"findings"} if stage == 2 else set())
+    assert found and all(set(b) == keys for b in found)
     assert all(len(b["input_ids"]) == 4 for b in found[:-1])
     for batch in found:
         n = len(batch["input_ids"])
@@ -171,6 +174,21 @@ def test_labels_ignore_exactly_prompt_image_and_padding(local_shards, stage, tok
         if stage > 1:  # one `<image>` per image the sample carries
             shown = batch["has_xray"] + batch["has_ct"]
             assert ((batch["input_ids"] == image_id).sum(1) == shown).all()
+
+
+def test_stage2_findings_are_what_each_report_states(local_shards, tokenizer_dir, tok):
+    found = batches(stage_dataset(local_shards, 2, "train", config(tokenizer_dir)))
+    extractor = VocabularyExtractor()
+    counts = collections.Counter()
+    for batch in found:
+        assert batch["findings"].dtype == torch.float32
+        assert batch["findings"].shape == (len(batch["input_ids"]), len(FINDING_LABELS))
+        for ids, labels, findings in zip(batch["input_ids"], batch["labels"], batch["findings"], strict=True):
+            report = tok.decode(ids[labels != IGNORE_INDEX], skip_special_tokens=True)
+            stated = {FINDING_LABELS[i] for i in findings.nonzero().flatten().tolist()}
+            assert stated == extractor.findings(report), report
+            counts[len(stated)] += 1
+    assert counts[0] and sum(n for k, n in counts.items() if k > 0)  # normal and abnormal reports
 
 
 def test_stage3_prompts_never_show_what_only_images_show(local_shards, tokenizer_dir, tok):

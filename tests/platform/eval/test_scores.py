@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
+from p2med.platform.data.extract import TREATMENT_ITEMS, VocabularyExtractor
 from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record, treatment_plan
 from p2med.platform.data.synth.reports import CT_SENTENCES, XRAY_SENTENCES, findings_text, impression_text
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import DIAGNOSES, LOBE_PHRASES, LOBES, Finding, lobe_side
-from p2med.platform.eval.extract import TREATMENT_ITEMS, VocabularyExtractor
 from p2med.platform.eval.scores import TASK_SCORES, score_sample, summarize
 
 EXTRACT = VocabularyExtractor()
