@@ -130,11 +130,19 @@ class P2MedModel(nn.Module):
         labels: torch.Tensor | None = None,
         images: Images | None = None,
         findings: torch.Tensor | None = None,
+        read_text: bool = True,
     ) -> P2MedOutput:
         """Logits (B, L', V) and, with `labels` (B, L), the mean next-token loss over the
         labelled text positions (the LLM shifts the labels itself). With `findings` (P, K),
         multi-hot per image in reading order, also stage 2's `finding_loss` of the same
-        latents."""
+        latents. `read_text=False` encodes the images only and returns their finding loss
+        alone, without running the LLM (stage 2's vision steps)."""
+        if not read_text:
+            if findings is None:
+                raise ValueError("read_text=False computes the finding loss only, so it needs findings")
+            images = images or Images.none(len(input_ids))
+            images.check((input_ids == self.image_token_id).sum(1).tolist())
+            return P2MedOutput(finding_loss=self._finding_loss(self.encode_images(images), findings))
         x = self.embed(input_ids, attention_mask, labels, images)
         out = self.llm(
             inputs_embeds=x.inputs_embeds,
@@ -145,13 +153,17 @@ class P2MedModel(nn.Module):
         )
         result = P2MedOutput(loss=out.loss, logits=out.logits)
         if findings is not None:
-            if findings.shape != (len(x.image_latents), self.config.finding_labels):
-                raise ValueError(
-                    f"findings must be (images, {self.config.finding_labels}) = "
-                    f"({len(x.image_latents)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
-                )
-            result.finding_loss = finding_loss(self.alignment(x.image_latents), findings)
+            result.finding_loss = self._finding_loss(x.image_latents, findings)
         return result
+
+    def _finding_loss(self, latents: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+        """latents (P, N, D), findings (P, K) multi-hot -> the finding head's loss."""
+        if findings.shape != (len(latents), self.config.finding_labels):
+            raise ValueError(
+                f"findings must be (images, {self.config.finding_labels}) = "
+                f"({len(latents)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
+            )
+        return finding_loss(self.alignment(latents), findings)
 
     @property
     def device(self) -> torch.device:

@@ -39,3 +39,27 @@ def test_findings_must_match_the_images(model, tokenizer):
     assert out.finding_loss is not None and out.loss is not None
     with pytest.raises(ValueError, match=r"findings must be \(images, 15\) = \(2, 15\); got \(1, 15\)"):
         model(ids, mask, labels, images, torch.zeros(1, model.config.finding_labels))
+
+
+def test_vision_steps_give_the_same_finding_loss_without_the_llm(model, tokenizer):
+    """Stage 2's vision steps (read_text=False) score the same latents as a full pass,
+    never call the LLM, and give every vision parameter a gradient."""
+    ids, mask = right_padded(tokenizer, ["<image>\nReport.", "Text only.", "<image>\nReport."])
+    images = Images([["xray"], [], ["xray"]], xray=xrays(2))
+    findings = torch.zeros(2, model.config.finding_labels)
+    findings[0, 3] = 1.0
+    model.eval()  # same latents in both passes
+    full = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), images, findings).finding_loss
+    calls = []
+    hook = model.llm.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        alone = model(ids, mask, images=images, findings=findings, read_text=False)
+    finally:
+        hook.remove()
+    assert not calls and alone.loss is None and alone.logits is None
+    assert torch.allclose(alone.finding_loss, full)
+    model.zero_grad()
+    alone.finding_loss.backward()
+    assert all(p.grad is not None for p in model.vision.parameters())
+    with pytest.raises(ValueError, match="needs findings"):
+        model(ids, mask, images=images, read_text=False)

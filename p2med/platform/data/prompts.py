@@ -1,7 +1,7 @@
 """Prompt templates: a shard row (one patient) -> the training samples of each stage.
 
 - Stage 1 (medical text): every record and report of the patient as plain text, prompt "".
-- Stage 2 (image-text alignment): each decoded image -> its report.
+- Stage 2 (image-text alignment): each decoded image -> its report (the report tasks' samples).
 - Stage 3 (instruction tuning): one sample per task of `tasks.TASKS` the row can feed.
 
 A prompt holds one `<image>` per image it shows, X-ray before CT; `Sample.images` names
@@ -9,7 +9,9 @@ them in that order. What only an image shows never enters a stage-3 prompt: a re
 `imaging` section and a report's findings and impression quote the lobe and side of a
 finding, so they are targets only. Record tasks show every decoded image of the patient
 and keep the record's `imaging` section in the target only when every modality it
-quotes was shown, so a target never states what the model could not see.
+quotes was shown, so a target never states what the model could not see. Report prompts
+carry no clinical history: the symptoms imply the diagnosis and with it the finding type,
+so a text-only model could write the findings that only the image should give away.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def stage_samples(row: Mapping[str, Any], stage: int) -> list[Sample]:
         return [Sample("", text, [], "text") for text in row_texts(row)]
     if stage == 2:
         shown = [kind for kind in _shown(row) if row.get(kind + "_report") is not None]
-        return [_alignment_sample(row, kind) for kind in shown]
+        return [task_sample(row, kind + "_report") for kind in shown]
     if stage == 3:
         return [task_sample(row, task) for task in tasks_for(row)]
     raise ValueError(f"stage {stage!r} does not exist; training stages are 1, 2 and 3")
@@ -102,10 +104,8 @@ def row_texts(row: Mapping[str, Any]) -> list[str]:
 def task_sample(row: Mapping[str, Any], task: str) -> Sample:
     """The stage-3 sample of `task` for a row that can feed it (`tasks.tasks_for`)."""
     if task in ("xray_report", "ct_report"):
-        kind = task.removesuffix("_report")
-        report = _json(row, task)
-        prompt = f"{IMAGE_TOKEN}\n{INSTRUCTIONS[task]}\nClinical history: {report['clinical_history']}"
-        return Sample(prompt, _report_target(report), [kind], task)
+        prompt = f"{IMAGE_TOKEN}\n{INSTRUCTIONS[task]}"
+        return Sample(prompt, _report_target(_json(row, task)), [task.removesuffix("_report")], task)
     if task in ("outpatient_record", "inpatient_record"):
         kind = task.removesuffix("_record")
         record, images = _json(row, kind), _shown(row)
@@ -142,12 +142,6 @@ def task_sample(row: Mapping[str, Any], task: str) -> Sample:
             )
         return Sample(_prompt(task, [], record, inputs), _lines(record, outputs), [], task)
     raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
-
-
-def _alignment_sample(row: Mapping[str, Any], kind: str) -> Sample:
-    """Stage 2: the image alone -> its report."""
-    task = kind + "_report"
-    return Sample(f"{IMAGE_TOKEN}\n{INSTRUCTIONS[task]}", _report_target(_json(row, task)), [kind], task)
 
 
 def _prompt(task: str, images: list[str], record: Mapping[str, str], sections: tuple[str, ...]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from p2med.platform.config import Config
 from p2med.platform.data.stage_config import TaskWeights
@@ -20,6 +20,26 @@ class StageSettings(Config):
     """Samples per worker per step."""
     lr: float = Field(3e-4, gt=0)
     """Peak learning rate (after warm-up, then cosine decay to 10%)."""
+    warmup_steps: int = Field(10, ge=0)
+    """Steps of linear warm-up to the peak learning rate."""
+
+
+class AlignmentStageSettings(StageSettings):
+    """Stage 2, which can start with cheap steps for a from-scratch vision encoder."""
+
+    vision_steps: int = Field(0, ge=0)
+    """The first steps of `steps` train the vision path on the finding loss alone, without
+    running the LLM: a step costs about half, and the encoder learns to see lesions before
+    the language-model loss aligns the projection to the LLM."""
+
+    @model_validator(mode="after")
+    def _leaves_alignment_steps(self) -> AlignmentStageSettings:
+        if self.vision_steps >= self.steps:
+            raise ValueError(
+                f"vision_steps ({self.vision_steps}) must be fewer than steps ({self.steps}): "
+                "the rest align the projection to the LLM"
+            )
+        return self
 
 
 def _stage(steps: int, lr: float) -> Any:
@@ -30,7 +50,11 @@ class StagesSettings(Config):
     """Per-stage settings (DESIGN.md: 1 medical text, 2 image-text alignment, 3 instructions)."""
 
     stage1: StageSettings = _stage(150, 1e-3)
-    stage2: StageSettings = _stage(250, 3e-4)
+    # A from-scratch vision encoder (tiny) needs the long warm-up: without it, early large
+    # steps drive the finding head to "nothing found" and stage 2 stalls there.
+    stage2: AlignmentStageSettings = Field(
+        default_factory=lambda: AlignmentStageSettings(steps=250, lr=1e-3, warmup_steps=100)
+    )
     stage3: StageSettings = _stage(300, 3e-4)
 
     def of(self, stage: int) -> StageSettings:
@@ -38,10 +62,8 @@ class StagesSettings(Config):
 
 
 class OptimizerSettings(Config):
-    """AdamW with linear warm-up and cosine decay."""
+    """AdamW (each stage's schedule is in its `StageSettings`)."""
 
-    warmup_steps: int = Field(10, ge=0)
-    """Steps of linear warm-up to each stage's peak learning rate."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
     grad_clip: float = Field(1.0, ge=0)

@@ -76,7 +76,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     total = stage_settings.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(settings.optimizer.warmup_steps, total)
+        optimizer, _warmup_cosine(stage_settings.warmup_steps, total)
     )
     ds_config = deepspeed_config(
         settings.deepspeed, stage_settings.batch_size, settings.optimizer.grad_clip, bf16
@@ -107,7 +107,8 @@ def train_loop(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         batch = next(batches)
         engine.train()
-        loss = stage_loss(engine, batch, job.stage, settings.optimizer.alignment_weight)
+        vision_only = step < getattr(stage_settings, "vision_steps", 0)
+        loss = stage_loss(engine, batch, job.stage, settings.optimizer.alignment_weight, vision_only)
         engine.backward(loss)
         engine.step()
         step += 1
@@ -152,13 +153,20 @@ def plan_params(plan: Any) -> dict[str, Any]:
 
 
 def stage_loss(
-    engine: Any, batch: dict[str, torch.Tensor], stage: int, alignment_weight: float
+    engine: Any,
+    batch: dict[str, torch.Tensor],
+    stage: int,
+    alignment_weight: float,
+    vision_only: bool = False,
 ) -> torch.Tensor:
     """The stage's loss on one batch: the language-model loss, plus in stage 2 the finding
-    loss of its images (each stage-2 sample is one image and its report)."""
+    loss of its images (each stage-2 sample is one image and its report); `vision_only`
+    (stage 2's vision steps): the finding loss alone."""
     batch = trimmed(batch)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
+    if vision_only:
+        return engine(ids, mask, images=images, findings=batch["findings"], read_text=False).finding_loss
     findings = batch["findings"] if stage == 2 and alignment_weight > 0 else None
     out = engine(ids, mask, labels, images, findings)
     return out.loss if findings is None else out.loss + alignment_weight * out.finding_loss

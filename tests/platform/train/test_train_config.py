@@ -1,0 +1,21 @@
+"""Training settings: stage 2's vision steps are its own and must leave alignment steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2med.platform.config import load_config
+from p2med.platform.errors import ConfigError
+from p2med.platform.train.config import TrainSettings
+
+
+def test_vision_steps_must_leave_steps_for_alignment():
+    settings = load_config(TrainSettings, None, ["stages.stage2.steps=300", "stages.stage2.vision_steps=200"])
+    assert settings.stages.stage2.vision_steps == 200
+    with pytest.raises(ConfigError, match=r"stage2.*vision_steps \(300\) must be fewer than steps \(300\)"):
+        load_config(TrainSettings, None, ["stages.stage2.steps=300", "stages.stage2.vision_steps=300"])
+
+
+def test_only_stage_2_has_vision_steps():
+    with pytest.raises(ConfigError, match=r"stages.stage3.vision_steps"):
+        load_config(TrainSettings, None, ["stages.stage3.vision_steps=10"])
