@@ -22,16 +22,35 @@ from torch import nn
 
 class FindingHead(nn.Module):
     """Logits of K findings from an image's N latents of width D. The latents are
-    flattened rather than pooled: which latent saw what is where the location lies."""
+    flattened rather than pooled: which latent saw what is where the location lies.
+
+    The head's verdict also goes to the LLM (`hinted`), as diagnosis-driven prompts do in
+    report generation (PromptMRG; Jin et al. 2024): the latents carry the findings, but an
+    LLM learns to read "which latent lit up" slowly, while a K-dim verdict added to every
+    latent is one linear map away from the words."""
 
     def __init__(self, latents: int, width: int, labels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.classify = nn.Linear(latents * width, labels)
+        self.hint = nn.Linear(labels, width)
+        # zero at init: the hint starts silent and the LLM's loss grows it
+        nn.init.zeros_(self.hint.weight)
+        nn.init.zeros_(self.hint.bias)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (P, N, D) -> logits (P, K)."""
         return self.classify(self.norm(latents).flatten(1))
+
+    def hinted(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (P, N, D) -> the same plus the embedded verdict (P, N, D). The LLM's
+        loss reaches the head through the verdict too (stage 3 tunes it that way)."""
+        return latents + self.hint(torch.sigmoid(self(latents)))[:, None, :]
+
+    def unused(self) -> torch.Tensor:
+        """A zero that depends on the hint's weights, for steps that do not run the LLM
+        (every trainable parameter needs a gradient on every rank under ZeRO-2)."""
+        return sum(p.sum() for p in self.hint.parameters()) * 0.0
 
 
 def finding_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

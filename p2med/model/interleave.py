@@ -78,7 +78,6 @@ class Interleaved:
     attention_mask: torch.Tensor  # (B, L')
     position_ids: torch.Tensor  # (B, L')
     labels: torch.Tensor | None  # (B, L'), IGNORE_INDEX on images and padding
-    image_latents: torch.Tensor  # (P, N, D) what was placed, one entry per image in reading order
 
 
 def interleave(
@@ -126,7 +125,7 @@ def interleave(
     embeds[rows[:, None], slots] = latents.to(embeds.dtype)
     mask[rows[:, None], slots] = 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    return Interleaved(embeds, mask, positions, new_labels, latents)
+    return Interleaved(embeds, mask, positions, new_labels)
 
 
 def expanded_length(input_ids: torch.Tensor, image_token_id: int, latents: int) -> int:

@@ -57,7 +57,12 @@ class P2MedModel(nn.Module):
         return self.llm.config.max_position_embeddings
 
     def encode_images(self, images: Images) -> torch.Tensor:
-        """Images -> latents in the LLM's width (P, N, D), in placeholder reading order.
+        """Images -> what the LLM reads for them (P, N, D): their latents plus the finding
+        head's verdict (`FindingHead.hinted`), in placeholder reading order."""
+        return self.alignment.hinted(self._resampled(images))
+
+    def _resampled(self, images: Images) -> torch.Tensor:
+        """Images -> resampled latents in the LLM's width (P, N, D), in placeholder reading order.
 
         Both encoders run on every call, on no images when the batch has none of their
         kind, and the latents carry a zero-weight term of both encodings. So in distributed
@@ -102,6 +107,11 @@ class P2MedModel(nn.Module):
             ValueError: an empty batch or sample, placeholders and images that do not pair
                 up, images of the wrong shape, or a sequence longer than the LLM's context.
         """
+        latents = self._resampled(self._checked(input_ids, attention_mask, images))
+        return self._interleaved(input_ids, attention_mask, labels, latents, align)
+
+    def _checked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images | None) -> Images:
+        """The batch's images (none when not given), once the batch is known to be well formed."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (B, L) with L > 0; got {tuple(input_ids.shape)}")
         if attention_mask.shape != input_ids.shape:
@@ -119,9 +129,20 @@ class P2MedModel(nn.Module):
                 f"the sequence needs {length} positions (each image takes {self.config.resampler.latents}) "
                 f"but the LLM's context is {self.context_length}; shorten the prompt or max_length"
             )
-        latents = self.encode_images(images)
+        return images
+
+    def _interleaved(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        latents: torch.Tensor,
+        align: Literal["right", "left"] = "right",
+    ) -> Interleaved:
+        """The text's embeddings with each image's latents (P, N, D), hinted, in its slots."""
         embed = self.llm.get_input_embeddings()
-        return interleave(input_ids, attention_mask, labels, latents, self.image_token_id, embed, align)
+        hinted = self.alignment.hinted(latents)
+        return interleave(input_ids, attention_mask, labels, hinted, self.image_token_id, embed, align)
 
     def forward(
         self,
@@ -137,13 +158,12 @@ class P2MedModel(nn.Module):
         multi-hot per image in reading order, also stage 2's `finding_loss` of the same
         latents. `read_text=False` encodes the images only and returns their finding loss
         alone, without running the LLM (stage 2's vision steps)."""
+        if not read_text and findings is None:
+            raise ValueError("read_text=False computes the finding loss only, so it needs findings")
+        latents = self._resampled(self._checked(input_ids, attention_mask, images))
         if not read_text:
-            if findings is None:
-                raise ValueError("read_text=False computes the finding loss only, so it needs findings")
-            images = images or Images.none(len(input_ids))
-            images.check((input_ids == self.image_token_id).sum(1).tolist())
-            return P2MedOutput(finding_loss=self._finding_loss(self.encode_images(images), findings))
-        x = self.embed(input_ids, attention_mask, labels, images)
+            return P2MedOutput(finding_loss=self._finding_loss(latents, findings) + self.alignment.unused())
+        x = self._interleaved(input_ids, attention_mask, labels, latents)
         out = self.llm(
             inputs_embeds=x.inputs_embeds,
             attention_mask=x.attention_mask,
@@ -153,7 +173,7 @@ class P2MedModel(nn.Module):
         )
         result = P2MedOutput(loss=out.loss, logits=out.logits)
         if findings is not None:
-            result.finding_loss = self._finding_loss(x.image_latents, findings)
+            result.finding_loss = self._finding_loss(latents, findings)
         return result
 
     def _finding_loss(self, latents: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:

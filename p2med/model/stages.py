@@ -4,7 +4,8 @@
    base weights: LoRA on a random base has far too little capacity.
 2. Image-text alignment: the perceiver resampler and its projection, and the finding head
    (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
-3. Instruction tuning: LoRA and the resampler (and, for a random-init LLM, its base).
+3. Instruction tuning: LoRA, the resampler and the finding head, whose verdict the LLM
+   reads (and, for a random-init LLM, its base).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def stage_parts(model: P2MedModel, stage: int) -> tuple[str, ...]:
     if stage == 2:
         vision = () if model.config.vision.pretrained else ("vision",)
         return (*vision, "resampler", "alignment")
-    return (*llm, "resampler")
+    return (*llm, "resampler", "alignment")
 
 
 def part_parameters(model: P2MedModel) -> dict[str, list[nn.Parameter]]:

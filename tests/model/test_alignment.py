@@ -31,6 +31,22 @@ def test_the_head_reads_every_latent_position():
     assert not torch.allclose(head(latents), head(latents[:, [1, 0, 2, 3]]))
 
 
+def test_the_verdict_reaches_the_llm_through_the_hint():
+    """The hint starts silent, adds the same embedded verdict to every latent of an image,
+    and passes the LLM's gradient on to the classifier."""
+    torch.manual_seed(0)
+    head = FindingHead(latents=4, width=8, labels=3)
+    latents = torch.randn(2, 4, 8)
+    assert torch.equal(head.hinted(latents), latents)
+    torch.nn.init.normal_(head.hint.weight)
+    added = head.hinted(latents) - latents
+    expected = head.hint(torch.sigmoid(head(latents)))
+    assert torch.allclose(added, expected[:, None, :].expand_as(added), atol=1e-6)
+    assert not torch.allclose(added[0], added[1])  # each image its own verdict
+    head.hinted(latents).sum().backward()
+    assert head.classify.weight.grad.abs().sum() > 0 and head.hint.weight.grad.abs().sum() > 0
+
+
 def test_findings_must_match_the_images(model, tokenizer):
     ids, mask = right_padded(tokenizer, ["<image>\nReport.", "<image>\nReport."])
     images = Images([["xray"], ["xray"]], xray=xrays(2))
@@ -60,6 +76,6 @@ def test_vision_steps_give_the_same_finding_loss_without_the_llm(model, tokenize
     assert torch.allclose(alone.finding_loss, full)
     model.zero_grad()
     alone.finding_loss.backward()
-    assert all(p.grad is not None for p in model.vision.parameters())
+    assert all(p.grad is not None for p in [*model.vision.parameters(), *model.alignment.parameters()])
     with pytest.raises(ValueError, match="needs findings"):
         model(ids, mask, images=images, read_text=False)

@@ -19,6 +19,7 @@ def test_gradients_flow_exactly_where_the_plan_says(model, tokenizer, stage):
         for name, param in model.llm.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.02)
+        model.alignment.hint.weight.normal_(std=0.02)  # the same for the finding head's hint
     plan = apply_stage(model, stage)
     ids, mask = right_padded(tokenizer, MIXED_TEXTS)
     findings = some_findings(4, model.config.finding_labels) if stage == 2 else None
@@ -39,7 +40,7 @@ def test_gradients_flow_exactly_where_the_plan_says(model, tokenizer, stage):
 def test_tiny_and_pretrained_plans(model):
     assert stage_parts(model, 1) == ("lora", "llm_base")  # random-init LLM: LoRA alone is too weak
     assert stage_parts(model, 2) == ("vision", "resampler", "alignment")
-    assert stage_parts(model, 3) == ("lora", "llm_base", "resampler")
+    assert stage_parts(model, 3) == ("lora", "llm_base", "resampler", "alignment")
     model.config = dataclasses.replace(
         model.config,
         llm=dataclasses.replace(model.config.llm, pretrained="llama"),
@@ -47,6 +48,6 @@ def test_tiny_and_pretrained_plans(model):
     )
     assert stage_parts(model, 1) == ("lora",)
     assert stage_parts(model, 2) == ("resampler", "alignment")
-    assert stage_parts(model, 3) == ("lora", "resampler")
+    assert stage_parts(model, 3) == ("lora", "resampler", "alignment")
     with pytest.raises(ValueError, match="stage must be one of"):
         stage_parts(model, 4)
