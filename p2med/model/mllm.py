@@ -110,7 +110,9 @@ class P2MedModel(nn.Module):
         latents = self._resampled(self._checked(input_ids, attention_mask, images))
         return self._interleaved(input_ids, attention_mask, labels, latents, align)
 
-    def _checked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images | None) -> Images:
+    def _checked(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images | None
+    ) -> Images:
         """The batch's images (none when not given), once the batch is known to be well formed."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (B, L) with L > 0; got {tuple(input_ids.shape)}")

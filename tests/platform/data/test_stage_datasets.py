@@ -267,7 +267,8 @@ def test_bench_split_holds_only_bench_patients(shards, tokenizer_dir, tok):
     assert found and found == expected_pairs(shard_rows(shards, "bench"), 3, tok)
     # report prompts are the image and the instruction alone, so a normal report's text
     # recurs across patients: the patient shows in the record tasks' prompts
-    generic = {tuple(tok(f"{IMAGE_TOKEN}\n{INSTRUCTIONS[t]}").input_ids) for t in ("xray_report", "ct_report")}
+    reports = ("xray_report", "ct_report")
+    generic = {tuple(tok(f"{IMAGE_TOKEN}\n{INSTRUCTIONS[t]}").input_ids) for t in reports}
     train = expected_pairs(shard_rows(shards, "train"), 3, tok)
     assert not {pair for pair in set(found) & set(train) if pair[0] not in generic}
 
