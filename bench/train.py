@@ -44,6 +44,7 @@ from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_data
 from p2med.platform.data.synth import SynthConfig, generate
 from p2med.platform.storage import resolve
 from p2med.platform.train.config import (
+    AlignmentStageSettings,
     ScalingSettings,
     StageSettings,
     StagesSettings,
@@ -112,9 +113,10 @@ def ray_settings(tokenizer_dir: str, workers: int, steps: int) -> TrainSettings:
 
 def prepare_stage3(shards: Path, tokenizer_dir: str, out: Path) -> None:
     """Stage 3 starts from a stage-2 model: a 1-step stage 1 and 2 (untimed), once."""
-    quick = StageSettings(steps=1, batch_size=BATCH)
+    quick = {"steps": 1, "batch_size": BATCH}
     settings = ray_settings(tokenizer_dir, 1, 1)
-    prep = settings.model_copy(update={"stages": StagesSettings(stage1=quick, stage2=quick)})
+    stages = StagesSettings(stage1=StageSettings(**quick), stage2=AlignmentStageSettings(**quick))
+    prep = settings.model_copy(update={"stages": stages})
     train(resolve(str(shards)), resolve(str(out)), prep, [1, 2], resume=False)
 
 

@@ -30,6 +30,7 @@ from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 from p2med.platform.train.config import (
+    AlignmentStageSettings,
     CheckpointSettings,
     DataSettings,
     DeepSpeedSettings,
@@ -52,10 +53,11 @@ INGEST = IngestConfig(
 )
 
 # Stage 2 with one image per rank and step: ranks often differ in modality (CT or X-ray),
-# which once broke ZeRO's gradient reduction (every rank must reduce the same buckets).
+# which once broke ZeRO's gradient reduction (every rank must reduce the same buckets); its
+# vision steps skip the LLM, which must not break it either.
 MIXED = StagesSettings(
     stage1=StageSettings(steps=4, batch_size=4, lr=3e-4),
-    stage2=StageSettings(steps=6, batch_size=1, lr=3e-4),
+    stage2=AlignmentStageSettings(steps=6, batch_size=1, lr=3e-4, vision_steps=3),
     stage3=StageSettings(steps=4, batch_size=4, lr=3e-4),
 )
 
@@ -65,7 +67,7 @@ def settings(steps: int = 4, **changes) -> TrainSettings:
     base = {
         "model": ModelSettings(vocab_size=512),
         "data": DataSettings(max_length=96, shuffle_buffer=16),
-        "stages": StagesSettings(stage1=stage, stage2=stage, stage3=stage),
+        "stages": StagesSettings(stage1=stage, stage2=AlignmentStageSettings(**dict(stage)), stage3=stage),
         "checkpoint": CheckpointSettings(every_steps=2, keep_best=1, val_batches=2),
         "tracking": TrackingSettings(log_every_steps=1),
         "scaling": ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=0, placement_timeout_s=2),
