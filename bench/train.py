@@ -8,7 +8,9 @@ Setup (untimed): 60 synthetic patients ingested with the small imaging settings,
 model, stage 3 (the six tasks, X-rays and CTs mixed), batch 8 per worker.
 
 - baseline: one process, one thread (as a Ray worker with one CPU gets), AdamW with the same
-  clipping and schedule, over batches encoded beforehand by the same stage-dataset code;
+  clipping, over batches encoded beforehand by the same stage-dataset code, in the order the
+  loop reads them (the same local shuffle and per-epoch seeds: a batch's cost depends on how
+  many of its samples are 16-slice CTs, so a different order is a different workload);
 - Ray: `p2med.platform.train.trainer.train` with 1 worker (1 CPU, the other core left to the
   data pipeline), then with 2 workers (0.5 CPU each), streaming from the shards.
 
@@ -51,7 +53,7 @@ from p2med.platform.train.config import (
     TrackingSettings,
     TrainSettings,
 )
-from p2med.platform.train.loop import stage_loss
+from p2med.platform.train.loop import endless_batches, stage_loss
 from p2med.platform.train.trainer import model_config_for, train
 
 BATCH = 8
@@ -79,9 +81,7 @@ def baseline(shards: Path, tokenizer_dir: str, steps: int, warmup: int, settings
     data = stage_dataset(
         resolve(str(shards)), 3, "train", StageDataConfig(tokenizer=tokenizer_dir, max_length=256)
     )
-    batches = list(
-        itertools.islice(itertools.cycle(data.iter_torch_batches(batch_size=BATCH, drop_last=True)), steps)
-    )
+    batches = list(itertools.islice(endless_batches(data, BATCH, settings, torch.device("cpu")), steps))
     tokenizer = load_tokenizer(tokenizer_dir)
     config = model_config_for(settings, read_manifest(resolve(str(shards))))
     model = build_model(config, tokenizer).train()

@@ -101,7 +101,8 @@ def train_loop(config: dict[str, Any]) -> None:
         store = TrackingStore.of(settings.tracking.mlflow_uri, resolve(job.output, job.storage), job.stage)
         tracker = Tracker(job.stage, total, store, settings.tracking, params, run_id, history)
 
-    batches = _batches(ray.train.get_dataset_shard("train"), stage_settings.batch_size, settings, device)
+    shard = ray.train.get_dataset_shard("train")
+    batches = endless_batches(shard, stage_settings.batch_size, settings, device)
     stage_dir = resolve(job.stage_dir, job.storage)
     while step < total:
         started = time.perf_counter()
@@ -206,8 +207,11 @@ def _initial_model(job: StageJob) -> Any:
     return model.train()
 
 
-def _batches(shard: Any, batch_size: int, settings: TrainSettings, device: torch.device) -> Iterator[dict]:
-    """Batches without end: the shard is read again, reshuffled, whenever it runs out."""
+def endless_batches(
+    shard: Any, batch_size: int, settings: TrainSettings, device: torch.device
+) -> Iterator[dict]:
+    """Batches without end from a dataset shard (or a whole Dataset): it is read again,
+    reshuffled with a new seed, whenever it runs out."""
     epoch = 0
     while True:
         got = False
