@@ -1,4 +1,4 @@
-"""A direct vision signal for stage 2: each image's latents predict the findings its
+"""A direct vision signal for stages 2 and 3: each image's latents predict the findings its
 report states (multi-label), as report-derived labels train chest X-ray classifiers
 (CheXpert's labeler; Irvin et al. 2019).
 
@@ -54,5 +54,10 @@ class FindingHead(nn.Module):
 
 
 def finding_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of logits (P, K) against multi-hot targets (P, K)."""
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+    """Mean binary cross-entropy of logits (P, K) against multi-hot targets (P, K) over the
+    labelled images: rows of NaN targets (an image without a report) carry no loss. With
+    none labelled, a zero that still reaches every weight of the head (ZeRO-2 needs it)."""
+    labelled = ~targets.isnan().any(1)
+    if not labelled.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[labelled], targets[labelled].to(logits.dtype))

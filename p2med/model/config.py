@@ -98,7 +98,7 @@ class ModelConfig:
     vocab_size: int = 0
     """Set from the tokenizer when the LLM is built from sizes."""
     finding_labels: int = 15
-    """K, the outputs of stage 2's finding head: the platform's label space (its vocabulary)."""
+    """K, the outputs of the finding head: the platform's label space (its vocabulary)."""
     trained: tuple[str, ...] = ()
     """Parts trained so far (`stages`): decides which weights a checkpoint must hold."""
 

@@ -45,6 +45,14 @@ class Images:
         stacked = {m: batch[m][has[m]] if has[m].any() else None for m in MODALITIES}
         return cls(kinds, xray=stacked["xray"], ct=stacked["ct"])
 
+    @staticmethod
+    def findings_from_batch(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The finding labels (P, K) of a stage-dataset batch's images, in the reading order
+        of `from_batch`, from its `xray_findings` / `ct_findings` (B, K); NaN rows: unlabelled."""
+        shown = torch.stack([batch[f"has_{m}"].bool() for m in MODALITIES], 1)  # (B, 2)
+        labels = torch.stack([batch[f"{m}_findings"] for m in MODALITIES], 1)  # (B, 2, K)
+        return labels[shown]  # row-major: sample by sample, X-ray before CT
+
     def check(self, placeholders: list[int]) -> None:
         """Raise ValueError unless every sample has as many images as placeholders and
         the stacked tensors hold as many images as `kinds` names."""

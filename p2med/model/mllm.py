@@ -29,12 +29,13 @@ class P2MedOutput(ModelOutput):
 
     loss: torch.Tensor | None = None  # next-token loss
     logits: torch.Tensor | None = None  # (B, L', V)
-    finding_loss: torch.Tensor | None = None  # stage 2's direct vision signal
+    finding_loss: torch.Tensor | None = None  # the direct vision signal of stages 2 and 3
 
 
 class P2MedModel(nn.Module):
     """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged;
-    `alignment` (the finding head) serves stage 2's direct vision signal only."""
+    `alignment` is the finding head: the direct vision signal of stages 2 and 3, and the
+    verdict every image's latents carry to the LLM."""
 
     def __init__(
         self,
@@ -157,8 +158,8 @@ class P2MedModel(nn.Module):
     ) -> P2MedOutput:
         """Logits (B, L', V) and, with `labels` (B, L), the mean next-token loss over the
         labelled text positions (the LLM shifts the labels itself). With `findings` (P, K),
-        multi-hot per image in reading order, also stage 2's `finding_loss` of the same
-        latents. `read_text=False` encodes the images only and returns their finding loss
+        multi-hot per image in reading order (NaN rows: unlabelled), also the `finding_loss`
+        of the same latents. `read_text=False` encodes the images only and returns their finding loss
         alone, without running the LLM (stage 2's vision steps)."""
         if not read_text and findings is None:
             raise ValueError("read_text=False computes the finding loss only, so it needs findings")
@@ -179,7 +180,7 @@ class P2MedModel(nn.Module):
         return result
 
     def _finding_loss(self, latents: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-        """latents (P, N, D), findings (P, K) multi-hot -> the finding head's loss."""
+        """latents (P, N, D), findings (P, K) multi-hot or NaN -> the finding head's loss."""
         if findings.shape != (len(latents), self.config.finding_labels):
             raise ValueError(
                 f"findings must be (images, {self.config.finding_labels}) = "

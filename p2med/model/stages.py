@@ -5,7 +5,7 @@
 2. Image-text alignment: the perceiver resampler and its projection, and the finding head
    (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
 3. Instruction tuning: LoRA, the resampler and the finding head, whose verdict the LLM
-   reads (and, for a random-init LLM, its base).
+   reads and which keeps its own finding loss (and, for a random-init LLM, its base).
 """
 
 from __future__ import annotations

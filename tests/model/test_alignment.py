@@ -1,5 +1,6 @@
-"""Stage 2's finding loss: confident right answers score low, wrong ones high, and the
-model refuses targets that do not match its images."""
+"""The finding loss of stages 2 and 3: confident right answers score low, wrong ones high,
+unlabelled images count for nothing, and the model refuses targets that do not match its
+images."""
 
 from __future__ import annotations
 
@@ -19,6 +20,34 @@ def test_right_answers_give_a_low_loss_and_wrong_ones_a_high_one():
     assert finding_loss(confident, targets) < 1e-6
     assert finding_loss(-confident, targets) > 15
     assert math.isclose(finding_loss(torch.zeros(2, 3), targets).item(), math.log(2), rel_tol=1e-6)
+
+
+def test_unlabelled_images_carry_no_loss():
+    """NaN rows (an image without a report) drop out; with none labelled the loss is a zero
+    that still reaches the head, as ZeRO-2 needs on every rank."""
+    targets = torch.tensor([[1.0, 0.0, 1.0], [math.nan] * 3])
+    logits = torch.tensor([[5.0, -5.0, 5.0], [-9.0, 9.0, -9.0]])
+    assert torch.isclose(finding_loss(logits, targets), finding_loss(logits[:1], targets[:1]))
+    head = FindingHead(latents=2, width=4, labels=3)
+    loss = finding_loss(head(torch.randn(1, 2, 4)), torch.full((1, 3), math.nan))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert head.classify.weight.grad is not None
+
+
+def test_labels_follow_the_reading_order_of_the_images():
+    """A batch's per-kind labels (B, K) become one row per image, sample by sample, X-ray
+    before CT: the order `Images.from_batch` stacks the images in."""
+    nan = [math.nan] * 2
+    batch = {
+        "input_ids": torch.zeros(3, 4, dtype=torch.long),
+        "has_xray": torch.tensor([1, 0, 1]),
+        "has_ct": torch.tensor([1, 1, 0]),
+        "xray_findings": torch.tensor([[1.0, 0.0], nan, [0.0, 0.0]]),
+        "ct_findings": torch.tensor([[0.0, 1.0], [1.0, 1.0], nan]),
+    }
+    expected = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert torch.equal(Images.findings_from_batch(batch), expected)
 
 
 def test_the_head_reads_every_latent_position():

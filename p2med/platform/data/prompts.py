@@ -144,6 +144,13 @@ def task_sample(row: Mapping[str, Any], task: str) -> Sample:
     raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
 
 
+def image_report(row: Mapping[str, Any], kind: str) -> str | None:
+    """The report text of a row's `kind` image ("xray" / "ct"), as the report tasks'
+    targets write it; None when the row has no such report."""
+    report = _json(row, kind + "_report")
+    return _report_target(report) if report is not None else None
+
+
 def _prompt(task: str, images: list[str], record: Mapping[str, str], sections: tuple[str, ...]) -> str:
     return f"{IMAGE_TOKEN}\n" * len(images) + f"{INSTRUCTIONS[task]}\n" + _lines(record, sections)
 

@@ -14,8 +14,10 @@ from the manifest's imaging config):
                                               `<image>` and padding (the model shifts them)
     xray (B, S, S), ct (B, D, H, W) float32   in [0, 1]; zeros where the sample shows none
     has_xray, has_ct, task     (B,) int64     task indexes `tasks.TASKS`
-    findings (stage 2)         (B, K) float32 multi-hot over `vocabulary.FINDING_LABELS`: what
-                                              the report states, read by the extractor
+    xray_findings, ct_findings (B, K) float32 multi-hot over `vocabulary.FINDING_LABELS`: what
+                                              the image's own report states (read by the
+                                              extractor); NaN where the sample shows no
+                                              such image or it has no report
 
 Stage 1 (text) has no image columns and no task column. Samples of one patient arrive
 next to each other: shuffle when iterating (`local_shuffle_buffer_size`, `local_shuffle_seed`).
@@ -41,7 +43,7 @@ from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest import KIND, MANIFEST, SCHEMA_VERSION
 from p2med.platform.data.ingest_plan import SPLITS
-from p2med.platform.data.prompts import INSTRUCTIONS, Sample, row_texts, stage_samples
+from p2med.platform.data.prompts import IMAGES, INSTRUCTIONS, Sample, image_report, row_texts, stage_samples
 from p2med.platform.data.stage_config import StageDataConfig
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
 from p2med.platform.data.vocabulary import FINDING_LABELS
@@ -209,19 +211,27 @@ def encode_rows(batch: pa.Table, spec: StreamSpec) -> tuple[dict[str, np.ndarray
     out["labels"][out["input_ids"] == tok.convert_tokens_to_ids(IMAGE_TOKEN)] = IGNORE_INDEX
     if spec.stage > 1:
         out |= _images(kept, spec)
+        out |= _image_findings(kept)
         out["task"] = np.array([TASKS.index(s.task) for _, s, _, _ in kept], dtype=np.int64)
-    if spec.stage == 2:
-        out["findings"] = finding_vectors([s.target for _, s, _, _ in kept])
     return out, dict(too_long)
 
 
-def finding_vectors(reports: list[str]) -> np.ndarray:
-    """Reports -> (N, K) float32 multi-hot rows over `FINDING_LABELS`."""
+def _image_findings(kept: list[tuple[dict, Sample, list, list]]) -> dict[str, np.ndarray]:
+    """(N, K) float32 labels per image kind: the findings the image's report states, NaN
+    rows where the sample shows no such image or the image has no report (no loss there).
+    Every image a sample shows is labelled, whatever the task: stage 3 keeps the finding
+    head a classifier while the LLM learns to read its verdict."""
     extractor = VocabularyExtractor()
-    out = np.zeros((len(reports), len(FINDING_LABELS)), dtype=np.float32)
-    for i, report in enumerate(reports):
-        for finding in extractor.findings(report):
-            out[i, FINDING_LABELS.index(finding)] = 1.0
+    out = {}
+    for kind in IMAGES:
+        labels = np.full((len(kept), len(FINDING_LABELS)), np.nan, dtype=np.float32)
+        for i, (row, sample, _, _) in enumerate(kept):
+            report = image_report(row, kind) if kind in sample.images else None
+            if report is not None:
+                labels[i] = 0.0
+                for finding in extractor.findings(report):
+                    labels[i, FINDING_LABELS.index(finding)] = 1.0
+        out[f"{kind}_findings"] = labels
     return out
 
 

@@ -69,8 +69,8 @@ class OptimizerSettings(Config):
     grad_clip: float = Field(1.0, ge=0)
     """Gradient norm clipping (0: none)."""
     alignment_weight: float = Field(1.0, ge=0)
-    """Weight of stage 2's finding loss (images -> the findings their reports state) next to
-    the language-model loss."""
+    """Weight of the finding loss of stages 2 and 3 (images -> the findings their reports
+    state) next to the language-model loss."""
 
 
 class ScalingSettings(Config):

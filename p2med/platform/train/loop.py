@@ -160,15 +160,18 @@ def stage_loss(
     alignment_weight: float,
     vision_only: bool = False,
 ) -> torch.Tensor:
-    """The stage's loss on one batch: the language-model loss, plus in stage 2 the finding
-    loss of its images (each stage-2 sample is one image and its report); `vision_only`
-    (stage 2's vision steps): the finding loss alone."""
+    """The stage's loss on one batch: the language-model loss, plus in stages 2 and 3 the
+    finding loss of its images (each labelled by its own report); `vision_only` (stage 2's
+    vision steps): the finding loss alone."""
     batch = trimmed(batch)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
+    if stage == 1:
+        return engine(ids, mask, labels, Images.none(len(ids))).loss
+    images = Images.from_batch(batch)
     if vision_only:
-        return engine(ids, mask, images=images, findings=batch["findings"], read_text=False).finding_loss
-    findings = batch["findings"] if stage == 2 and alignment_weight > 0 else None
+        findings = Images.findings_from_batch(batch)
+        return engine(ids, mask, images=images, findings=findings, read_text=False).finding_loss
+    findings = Images.findings_from_batch(batch) if alignment_weight > 0 else None
     out = engine(ids, mask, labels, images, findings)
     return out.loss if findings is None else out.loss + alignment_weight * out.finding_loss
 

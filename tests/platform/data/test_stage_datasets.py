@@ -22,7 +22,7 @@ from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.prompts import INSTRUCTIONS, RECORD_INPUTS, stage_samples
+from p2med.platform.data.prompts import INSTRUCTIONS, RECORD_INPUTS, image_report, stage_samples
 from p2med.platform.data.stage_config import StageDataConfig, TaskWeights
 from p2med.platform.data.stage_datasets import (
     IGNORE_INDEX,
@@ -141,7 +141,8 @@ def test_batches_are_ready_tensors(shards, stage, tokenizer_dir):
     found = batches(stage_dataset(shards, stage, "train", config(tokenizer_dir)))
     text_keys = {"input_ids", "attention_mask", "labels"}
     image_keys = {"xray", "ct", "has_xray", "has_ct", "task"}
-    keys = text_keys if stage == 1 else text_keys | image_keys | ({"findings"} if stage == 2 else set())
+    image_keys |= {"xray_findings", "ct_findings"}
+    keys = text_keys if stage == 1 else text_keys | image_keys
     assert found and all(set(b) == keys for b in found)
     assert all(len(b["input_ids"]) == 4 for b in found[:-1])
     for batch in found:
@@ -176,19 +177,28 @@ def test_labels_ignore_exactly_prompt_image_and_padding(local_shards, stage, tok
             assert ((batch["input_ids"] == image_id).sum(1) == shown).all()
 
 
-def test_stage2_findings_are_what_each_report_states(local_shards, tokenizer_dir, tok):
-    found = batches(stage_dataset(local_shards, 2, "train", config(tokenizer_dir)))
-    extractor = VocabularyExtractor()
-    counts = collections.Counter()
+@pytest.mark.parametrize("stage", [2, 3])
+def test_every_image_is_labelled_with_the_findings_of_its_own_report(local_shards, stage, tokenizer_dir):
+    found = batches(stage_dataset(local_shards, stage, "train", config(tokenizer_dir)))
+    streamed = collections.Counter()
     for batch in found:
-        assert batch["findings"].dtype == torch.float32
-        assert batch["findings"].shape == (len(batch["input_ids"]), len(FINDING_LABELS))
-        for ids, labels, findings in zip(batch["input_ids"], batch["labels"], batch["findings"], strict=True):
-            report = tok.decode(ids[labels != IGNORE_INDEX], skip_special_tokens=True)
-            stated = {FINDING_LABELS[i] for i in findings.nonzero().flatten().tolist()}
-            assert stated == extractor.findings(report), report
-            counts[len(stated)] += 1
-    assert counts[0] and sum(n for k, n in counts.items() if k > 0)  # normal and abnormal reports
+        for kind in ("xray", "ct"):
+            labels, shown = batch[f"{kind}_findings"], batch[f"has_{kind}"] == 1
+            assert labels.dtype == torch.float32 and labels.shape == (len(shown), len(FINDING_LABELS))
+            assert labels[~shown].isnan().all()
+            for row in labels[shown]:
+                stated = frozenset(FINDING_LABELS[i] for i in row.nonzero().flatten().tolist())
+                streamed[kind, None if row.isnan().any() else stated] += 1
+    extractor = VocabularyExtractor()
+    expected = collections.Counter()
+    for row in shard_rows(local_shards, "train"):
+        for sample in stage_samples(row, stage):
+            for kind in sample.images:
+                report = image_report(row, kind)
+                expected[kind, None if report is None else frozenset(extractor.findings(report))] += 1
+    assert streamed == expected
+    assert {kind for kind, _ in streamed} == {"xray", "ct"}
+    assert any(stated for _, stated in streamed) and any(stated == frozenset() for _, stated in streamed)
 
 
 def test_stage3_prompts_never_show_what_only_images_show(local_shards, tokenizer_dir, tok):
