@@ -57,9 +57,14 @@ class P2MedModel(nn.Module):
     def context_length(self) -> int:
         return self.llm.config.max_position_embeddings
 
+    @property
+    def image_slots(self) -> int:
+        """Positions one image takes in the LLM's input: N latents and K verdict slots."""
+        return self.config.resampler.latents + self.config.finding_labels
+
     def encode_images(self, images: Images) -> torch.Tensor:
-        """Images -> what the LLM reads for them (P, N, D): their latents plus the finding
-        head's verdict (`FindingHead.hinted`), in placeholder reading order."""
+        """Images -> what the LLM reads for them (P, N + K, D): their latents with the
+        finding head's verdict (`FindingHead.hinted`), in placeholder reading order."""
         return self.alignment.hinted(self._resampled(images))
 
     def _resampled(self, images: Images) -> torch.Tensor:
@@ -126,10 +131,10 @@ class P2MedModel(nn.Module):
             raise ValueError(f"sample {empty[0]} is empty: an empty prompt gives the model nothing to read")
         images = images or Images.none(len(input_ids))
         images.check((input_ids == self.image_token_id).sum(1).tolist())
-        length = expanded_length(input_ids, self.image_token_id, self.config.resampler.latents)
+        length = expanded_length(input_ids, self.image_token_id, self.image_slots)
         if length > self.context_length:
             raise ValueError(
-                f"the sequence needs {length} positions (each image takes {self.config.resampler.latents}) "
+                f"the sequence needs {length} positions (each image takes {self.image_slots}) "
                 f"but the LLM's context is {self.context_length}; shorten the prompt or max_length"
             )
         return images
@@ -142,7 +147,7 @@ class P2MedModel(nn.Module):
         latents: torch.Tensor,
         align: Literal["right", "left"] = "right",
     ) -> Interleaved:
-        """The text's embeddings with each image's latents (P, N, D), hinted, in its slots."""
+        """The text's embeddings with each image's latents (P, N, D), hinted (N + K), in its slots."""
         embed = self.llm.get_input_embeddings()
         hinted = self.alignment.hinted(latents)
         return interleave(input_ids, attention_mask, labels, hinted, self.image_token_id, embed, align)

@@ -60,20 +60,26 @@ def test_the_head_reads_every_latent_position():
     assert not torch.allclose(head(latents), head(latents[:, [1, 0, 2, 3]]))
 
 
-def test_the_verdict_reaches_the_llm_through_the_hint():
-    """The hint starts silent, adds the same embedded verdict to every latent of an image,
-    and passes the LLM's gradient on to the classifier."""
+def test_the_verdict_reaches_the_llm_through_the_hint_and_the_slots():
+    """The added hint starts silent and then adds the same embedded verdict to every latent
+    of an image; after the latents come K slots, slot k = identity_k + p_k * presence_k;
+    the LLM's gradient reaches the classifier through both."""
     torch.manual_seed(0)
     head = FindingHead(latents=4, width=8, labels=3)
     latents = torch.randn(2, 4, 8)
-    assert torch.equal(head.hinted(latents), latents)
+    probs = torch.sigmoid(head(latents))
+    read = head.hinted(latents)
+    assert read.shape == (2, 4 + 3, 8) and torch.equal(read[:, :4], latents)
+    slots = head.identity + probs[..., None] * head.presence
+    assert torch.allclose(read[:, 4:], slots, atol=1e-6)
+    assert not torch.allclose(read[0, 4:], read[1, 4:])  # each image its own verdict
     torch.nn.init.normal_(head.hint.weight)
-    added = head.hinted(latents) - latents
-    expected = head.hint(torch.sigmoid(head(latents)))
+    added = head.hinted(latents)[:, :4] - latents
+    expected = head.hint(probs)
     assert torch.allclose(added, expected[:, None, :].expand_as(added), atol=1e-6)
-    assert not torch.allclose(added[0], added[1])  # each image its own verdict
     head.hinted(latents).sum().backward()
-    assert head.classify.weight.grad.abs().sum() > 0 and head.hint.weight.grad.abs().sum() > 0
+    verdict = (head.classify.weight, head.hint.weight, head.identity, head.presence)
+    assert all(p.grad.abs().sum() > 0 for p in verdict)
 
 
 def test_findings_must_match_the_images(model, tokenizer):

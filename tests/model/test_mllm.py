@@ -14,7 +14,7 @@ from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, s
 def test_forward_on_a_mixed_batch(model, tokenizer):
     ids, mask = right_padded(tokenizer, MIXED_TEXTS)
     out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images())
-    length = expanded_length(ids, model.image_token_id, model.config.resampler.latents)
+    length = expanded_length(ids, model.image_token_id, model.image_slots)
     assert out.logits.shape == (4, length, model.llm.config.vocab_size)
     assert torch.isfinite(out.loss)
 
@@ -24,8 +24,8 @@ def test_each_placeholder_holds_its_images_latents_in_reading_order(model, token
     labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
     images = mixed_images()
     x = model.embed(ids, mask, labels, images)
-    latents = model.encode_images(images)  # (4 images, N, D): xray0, ct0, xray1, ct1
-    n = model.config.resampler.latents
+    latents = model.encode_images(images)  # (4 images, N + K, D): xray0, ct0, xray1, ct1
+    n = model.image_slots
     image_id = model.image_token_id
     expected_order = {0: [0], 1: [1], 3: [2, 3]}
     for row, image_indexes in expected_order.items():
