@@ -104,6 +104,7 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     batches = endless_batches(shard, stage_settings.batch_size, settings, device)
     stage_dir = resolve(job.stage_dir, job.storage)
+    val_batches = None  # read at the first validation, then kept
     while step < total:
         started = time.perf_counter()
         batch = next(batches)
@@ -130,7 +131,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 },
             )
         if step % settings.checkpoint.every_steps == 0 or step == total:
-            val_loss = validate(engine, ray.train.get_dataset_shard("val"), job, device)
+            if val_batches is None:
+                val_batches = validation_batches(ray.train.get_dataset_shard("val"), job, device)
+            val_loss = validate(engine, val_batches, job)
             if tracker is not None:
                 tracker.validation(step, val_loss)
             state = {
@@ -184,17 +187,23 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value[:, :length] if key in text else value for key, value in batch.items()}
 
 
+def validation_batches(data: Any, job: StageJob, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """The whole validation split (a few batches: `checkpoint.val_batches`), in memory.
+    Every rank reads all of it (every forward pass runs on all ranks, as ZeRO-3 needs).
+    Read once per stage: starting its Ray Data pipeline costs ~5 s a time on 2 cores, more
+    than the forward passes, and the ranks' reads queue for the data CPU."""
+    batch_size = job.settings.stages.of(job.stage).batch_size
+    return list(data.iter_torch_batches(batch_size=batch_size, device=device))
+
+
 @torch.no_grad()
-def validate(engine: Any, data: Any, job: StageJob, device: torch.device) -> float:
-    """Mean loss over the validation set, which every rank reads whole (every forward pass
-    runs on all ranks, as ZeRO-3 needs); NaN when the split is empty."""
+def validate(engine: Any, batches: list[dict[str, torch.Tensor]], job: StageJob) -> float:
+    """Mean loss over the validation batches; NaN when the split is empty."""
     engine.eval()
     total, count = 0.0, 0
-    batch_size = job.settings.stages.of(job.stage).batch_size
-    for batch in data.iter_torch_batches(batch_size=batch_size, device=device):
-        total += float(stage_loss(engine, batch, job.stage, job.settings.optimizer.alignment_weight)) * len(
-            batch["input_ids"]
-        )
+    for batch in batches:
+        loss = stage_loss(engine, batch, job.stage, job.settings.optimizer.alignment_weight)
+        total += float(loss) * len(batch["input_ids"])
         count += len(batch["input_ids"])
     engine.train()
     return total / count if count else float("nan")

@@ -129,10 +129,12 @@ def _run_stage(
     ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say more
     stage_settings = settings.stages.of(stage)
     val_rows = settings.checkpoint.val_batches * stage_settings.batch_size
-    datasets = {
-        "train": stage_dataset(shards, stage, "train", data_config),
-        "val": stage_dataset(shards, stage, "val", data_config).limit(val_rows),
-    }
+    train_data = stage_dataset(shards, stage, "train", data_config)
+    if settings.data.materialize:
+        train_data = train_data.materialize()
+        size = f"{train_data.count():,} samples, {train_data.size_bytes() / 2**20:,.0f} MiB"
+        print(f"train: stage {stage} training data encoded and held in memory ({size})", flush=True)
+    datasets = {"train": train_data, "val": stage_dataset(shards, stage, "val", data_config).limit(val_rows)}
     job = StageJob(
         stage=stage,
         settings=settings,

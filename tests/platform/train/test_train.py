@@ -119,7 +119,9 @@ def test_three_stages_end_to_end(shards, where, request):
         resolve(f"s3://{bucket}", storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
         output = resolve(f"s3://{bucket}/runs/r1", storage)
         shards_at = resolve(f"s3://{bucket}/shards", storage)
-        summary = train(shards_at, output, settings(stages=MIXED), [1, 2, 3], resume=False)
+        # this run also holds each stage's training data in memory (tiny.yaml does)
+        in_memory = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
+        summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [1, 2, 3], resume=False)
         assert [r.stage for r in summary.stages] == [1, 2, 3]
 
     for stage in (1, 2, 3):
