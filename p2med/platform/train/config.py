@@ -145,6 +145,9 @@ class DataSettings(Config):
     """Stage-3 task mixing."""
     shuffle_buffer: int = Field(256, ge=0)
     """Samples in each worker's local shuffle buffer (0: no shuffling)."""
+    length_group: int = Field(8, ge=1)
+    """Batches read together and regrouped by row length, so a batch holds rows of similar
+    length and pads less (1: batches as read)."""
     materialize: bool = False
     """Encode each stage's training samples once and keep them in Ray's object store: a
     small set read for many epochs then skips re-reading and re-encoding its shards every

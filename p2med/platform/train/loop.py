@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from p2med.model.checkpoint import load_model, save_model
 from p2med.model.config import ModelConfig
-from p2med.model.interleave import Images
+from p2med.model.interleave import MODALITIES, Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.platform.storage import StorageConfig, resolve
@@ -102,7 +102,7 @@ def train_loop(config: dict[str, Any]) -> None:
         tracker = Tracker(job.stage, total, store, settings.tracking, params, run_id, history)
 
     shard = ray.train.get_dataset_shard("train")
-    batches = endless_batches(shard, stage_settings.batch_size, settings, device)
+    batches = endless_batches(shard, stage_settings.batch_size, settings, device, model.image_slots)
     stage_dir = resolve(job.stage_dir, job.storage)
     val_batches = None  # read at the first validation, then kept
     while step < total:
@@ -220,22 +220,37 @@ def _initial_model(job: StageJob) -> Any:
 
 
 def endless_batches(
-    shard: Any, batch_size: int, settings: TrainSettings, device: torch.device
+    shard: Any, batch_size: int, settings: TrainSettings, device: torch.device, image_slots: int = 1
 ) -> Iterator[dict]:
     """Batches without end from a dataset shard (or a whole Dataset): it is read again,
-    reshuffled with a new seed, whenever it runs out."""
+    reshuffled with a new seed, whenever it runs out.
+
+    Rows are read `data.length_group` batches at a time, sorted by the length the LLM sees
+    (text plus `image_slots` positions per image), cut into batches and taken in random
+    order, as transformers' `group_by_length` does: a batch costs as much as its longest
+    row, and random batches are mostly padding (stage 3 of the tiny set: longest row 321
+    positions on average, mean row 194; grouped by 8 batches, 208). Every rank takes the
+    same number of batches: the shards are equal and a group's remainder under one batch
+    is dropped.
+    """
+    group = settings.data.length_group
+    order = torch.Generator().manual_seed(settings.seed)
     epoch = 0
     while True:
         got = False
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,  # every rank takes the same number of equal steps
+        for rows in shard.iter_torch_batches(
+            batch_size=batch_size * group,
             local_shuffle_buffer_size=settings.data.shuffle_buffer or None,
             local_shuffle_seed=settings.seed + epoch,
             device=device,
         ):
-            got = True
-            yield batch
+            images = sum(rows[f"has_{kind}"] for kind in MODALITIES if f"has_{kind}" in rows)
+            length = rows["attention_mask"].sum(1) + images * (image_slots - 1)
+            batches = length.argsort(stable=True).split(batch_size)
+            for i in torch.randperm(len(batches), generator=order).tolist():
+                if len(batches[i]) == batch_size:
+                    got = True
+                    yield {key: value[batches[i]] for key, value in rows.items()}
         if not got:
             raise RuntimeError(
                 f"this worker's share of the training data holds fewer than {batch_size} samples"
