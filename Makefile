@@ -21,3 +21,4 @@ bench: setup
 	.venv/bin/python bench/stream.py
 	.venv/bin/python bench/generate.py
 	.venv/bin/python bench/train.py
+	.venv/bin/python bench/serve.py

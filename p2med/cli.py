@@ -41,6 +41,7 @@ JOBS = {
         Job("ingest", "p2med.jobs.ingest"),
         Job("train", "p2med.jobs.train"),
         Job("eval", "p2med.jobs.eval"),
+        Job("serve", "p2med.jobs.serve"),
     ]
 }
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130

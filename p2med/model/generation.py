@@ -2,7 +2,7 @@
 
     ids, mask = encode_prompts(tokenizer, ["<image>\\nWrite the report."])
     texts = generate(model, tokenizer, ids, mask, images, GenerationSettings(max_new_tokens=128))
-    for deltas in stream(model, tokenizer, ids, mask, images): print(deltas[0], end="")
+    for deltas in stream(model, tokenizer, ids, mask, images): print(deltas[0] or "", end="")
 
 The prefix (text embeddings with image latents in their slots) is left-padded so that every
 row ends at the same position; one forward pass fills the cache, then each step feeds one
@@ -74,18 +74,21 @@ def generate_tokens(
     tokenizer: PreTrainedTokenizerBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    images: Images | None,
+    images: Images | torch.Tensor | None,
     settings: GenerationSettings,
 ) -> Iterator[torch.Tensor]:
     """Yields the next token of every row (B,) per step; a row that has stopped yields -1.
 
+    `images`: the batch's images, or their encodings (P, N + K, D) from `encode_images`.
     The stop token itself is not yielded. Stops when every row has stopped or after
     `max_new_tokens` steps.
     """
     llm = model.llm
-    prefix = model.embed(
-        input_ids.to(model.device), attention_mask.to(model.device), None, images, align="left"
-    )
+    ids, mask = input_ids.to(model.device), attention_mask.to(model.device)
+    if isinstance(images, torch.Tensor):
+        prefix = model.embed_encoded(ids, mask, images, align="left")
+    else:
+        prefix = model.embed(ids, mask, None, images, align="left")
     room = model.context_length - prefix.inputs_embeds.shape[1]
     if room < 1:
         raise ValueError(f"the prompt fills the LLM's context of {model.context_length} positions")
@@ -141,7 +144,7 @@ def generate(
     tokenizer: PreTrainedTokenizerBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    images: Images | None = None,
+    images: Images | torch.Tensor | None = None,
     settings: GenerationSettings = GenerationSettings(),
 ) -> list[str]:
     """The generated text of every row."""
@@ -158,18 +161,21 @@ def stream(
     tokenizer: PreTrainedTokenizerBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    images: Images | None = None,
+    images: Images | torch.Tensor | None = None,
     settings: GenerationSettings = GenerationSettings(),
-) -> Iterator[list[str]]:
-    """Yields, per step, the new text of every row ("" when a row has nothing new). A
-    multi-byte character split across tokens is held back until it is whole."""
+) -> Iterator[list[str | None]]:
+    """Yields, per step, the new text of every row: "" when a row has nothing new, None
+    once it has stopped. A multi-byte character split across tokens is held back until it
+    is whole."""
     rows: list[list[int]] = [[] for _ in range(len(input_ids))]
     sent = [""] * len(rows)
     for tokens in generate_tokens(model, tokenizer, input_ids, attention_mask, images, settings):
-        deltas = []
+        deltas: list[str | None] = []
         for i, token in enumerate(tokens.tolist()):
-            if token >= 0:
-                rows[i].append(token)
+            if token < 0:
+                deltas.append(None)
+                continue
+            rows[i].append(token)
             text = tokenizer.decode(rows[i], skip_special_tokens=True)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
                 deltas.append("")

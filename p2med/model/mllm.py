@@ -116,10 +116,44 @@ class P2MedModel(nn.Module):
         latents = self._resampled(self._checked(input_ids, attention_mask, images))
         return self._interleaved(input_ids, attention_mask, labels, latents, align)
 
+    def embed_encoded(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoded: torch.Tensor,
+        align: Literal["right", "left"] = "right",
+    ) -> Interleaved:
+        """`embed` for images encoded elsewhere: `encoded` (P, N + K, D) is what
+        `encode_images` returned for the batch's images, in placeholder reading order (the
+        serving app encodes in one deployment and generates in another).
+
+        Raises:
+            ValueError: as `embed`, or encodings that do not match the placeholders or this model.
+        """
+        self._check_text(input_ids, attention_mask)
+        placeholders = int((input_ids == self.image_token_id).sum())
+        expected = (placeholders, self.image_slots, self.llm.config.hidden_size)
+        if tuple(encoded.shape) != expected:
+            raise ValueError(
+                f"encoded images must be (placeholders, slots, width) = {expected}; "
+                f"got {tuple(encoded.shape)}"
+            )
+        embed = self.llm.get_input_embeddings()
+        encoded = encoded.to(device=self.device, dtype=self.dtype)
+        return interleave(input_ids, attention_mask, None, encoded, self.image_token_id, embed, align)
+
     def _checked(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images | None
     ) -> Images:
         """The batch's images (none when not given), once the batch is known to be well formed."""
+        self._check_text(input_ids, attention_mask)
+        images = images or Images.none(len(input_ids))
+        images.check((input_ids == self.image_token_id).sum(1).tolist())
+        return images
+
+    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Raise ValueError unless the ids make a non-empty batch of non-empty rows that fits
+        the LLM's context once every image is expanded."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (B, L) with L > 0; got {tuple(input_ids.shape)}")
         if attention_mask.shape != input_ids.shape:
@@ -129,15 +163,12 @@ class P2MedModel(nn.Module):
         empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"sample {empty[0]} is empty: an empty prompt gives the model nothing to read")
-        images = images or Images.none(len(input_ids))
-        images.check((input_ids == self.image_token_id).sum(1).tolist())
         length = expanded_length(input_ids, self.image_token_id, self.image_slots)
         if length > self.context_length:
             raise ValueError(
                 f"the sequence needs {length} positions (each image takes {self.image_slots}) "
                 f"but the LLM's context is {self.context_length}; shorten the prompt or max_length"
             )
-        return images
 
     def _interleaved(
         self,

@@ -125,3 +125,13 @@ def test_ingest_needs_a_key_and_a_raw_store(tmp_path):
     env["P2MED_DEID_KEY"] = "k"
     result = p2med("ingest", f"raw={tmp_path}/missing", f"shards={tmp_path}/shards", env=env)
     assert_one_line_error(result, f"raw store {tmp_path}/missing does not exist")
+
+
+def test_serve_needs_a_key_and_a_model(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "P2MED_API_KEYS"}
+    result = p2med("serve", f"model={tmp_path}/model", env=env)
+    assert_one_line_error(result, "no API key is configured", "open_access=true")
+    result = p2med("serve", f"model={tmp_path}/missing", "api_keys=[k]", env=env)
+    assert_one_line_error(result, f"cannot serve: no model folder at {tmp_path}/missing")

@@ -6,6 +6,9 @@ inference is exactly what it was trained on.
 - X-ray: decode (compressed transfer syntaxes through pylibjpeg), Modality LUT / rescale,
   VOI LUT or window, invert MONOCHROME1, resize the longest side to `xray_size` keeping
   the aspect ratio, pad to a square, scale to [0, 1]. Returns (S, S) float32.
+- X-ray as a picture (PNG or JPEG, as clinical apps upload them): greyscale, scaled to
+  [0, 1] (8-bit by 255; deeper by robust percentiles, as a window-less DICOM), then the
+  same resize and pad.
 - CT: check the series geometry (slices sorted by position along the slice normal;
   gaps, duplicates, uneven spacing are refused), convert to HU, apply the lung window,
   resample to `ct_slices` x `ct_size` x `ct_size` with MONAI. Returns (D, H, W) float32,
@@ -120,6 +123,29 @@ def xray_pixels(ds: Dataset, config: ImagingConfig) -> np.ndarray:
     scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # bright means air: flip
         scaled = 1.0 - scaled
+    return square(scaled, config.xray_size)
+
+
+def picture_pixels(data: bytes, config: ImagingConfig) -> np.ndarray:
+    """A chest radiograph exported as PNG or JPEG, as model input. Returns (S, S) float32 in
+    [0, 1], S = xray_size, as `xray_pixels` does for DICOM."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            if picture.format not in ("PNG", "JPEG"):
+                raise DecodeFailure(Reason.UNREADABLE_FILE, f"a {picture.format} picture, not PNG or JPEG")
+            _check_dimensions(picture.height, picture.width, config)
+            deep = picture.mode in ("I", "I;16", "I;16B", "F")
+            values = np.asarray(picture if deep else picture.convert("L"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        detail = f"not a readable PNG or JPEG ({type(exc).__name__})"
+        raise DecodeFailure(Reason.UNREADABLE_FILE, detail) from None
+    if deep:
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    else:
+        scaled = values / 255.0
     return square(scaled, config.xray_size)
 
 

@@ -144,6 +144,15 @@ def task_sample(row: Mapping[str, Any], task: str) -> Sample:
     raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
 
 
+def request_prompt(task: str, images: list[str], clinical_text: str = "") -> str:
+    """The prompt of `task` for a request that shows `images` ("xray" / "ct", X-ray first)
+    with free clinical text, laid out as the task's training prompts are."""
+    if task not in INSTRUCTIONS:
+        raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
+    text = clinical_text.strip()
+    return f"{IMAGE_TOKEN}\n" * len(images) + INSTRUCTIONS[task] + (f"\n{text}" if text else "")
+
+
 def image_report(row: Mapping[str, Any], kind: str) -> str | None:
     """The report text of a row's `kind` image ("xray" / "ct"), as the report tasks'
     targets write it; None when the row has no such report."""

@@ -1,0 +1,384 @@
+"""The HTTP API (FastAPI on a Serve ingress deployment).
+
+    GET  /healthz               liveness, no key
+    GET  /v1/models             the served model (OpenAI format)
+    POST /v1/chat/completions   OpenAI-compatible; images as data URIs (PNG, JPEG, DICOM, CT zip);
+                                `stream: true` answers with server-sent events
+    POST /v1/reports            multipart: `file` (one X-ray, or a CT's slices or zip), `task`,
+                                optional `clinical_text` -> {"task", "report", "model"}
+    /demo                       the Gradio demo (`demo.py`), its password an API key
+
+Every request but /healthz needs `Authorization: Bearer <key>` unless the app is
+configured open. Every refusal is a JSON error `{"error": {"message", "type", "code"}}`:
+4xx for the client's mistakes, 503 with Retry-After when the app is at capacity. Nothing
+of a request's content (text, image bytes, headers) is logged.
+
+Each image goes to the VisionEncoder; its un-awaited response is passed straight on to
+the LLM call, so Serve hands the encoding from one deployment to the next.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route parameters' types
+# at runtime, and Serve's class-based views cannot resolve string annotations.
+import base64
+import binascii
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from p2med.model.checkpoint import check_model_folder
+from p2med.model.tokenizer import IMAGE_TOKEN
+from p2med.platform.data.prompts import request_prompt
+from p2med.platform.storage import resolve
+from p2med.serve_apps.demo import DemoRefusal, build_demo
+from p2med.serve_apps.errors import ClientError
+from p2med.serve_apps.models import Completion, imaging_for
+from p2med.serve_apps.settings import ServeSettings
+from p2med.serve_apps.uploads import decode_upload, upload_kind
+
+IMAGE_TASKS = ("xray_report", "ct_report", "outpatient_record", "inpatient_record", "differential_diagnosis")
+DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
+RETRY_AFTER_S = "1"
+DEMO_PATH = "/demo"
+
+api = FastAPI(title="P2Med API", docs_url=None, redoc_url=None)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **headers: str):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.kind, exc.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+
+@api.exception_handler(Exception)
+async def _server_error(_: Request, exc: Exception) -> JSONResponse:
+    # the type only: a message could quote the request
+    return _error(500, f"internal error ({type(exc).__name__})", "server_error")
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(400, _validation_message(exc.errors()), "invalid_request_error")
+
+
+def _validation_message(errors: list[Any]) -> str:
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    return f"{where or 'body'}: {first.get('msg', 'invalid')}"
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart | ImagePart]
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat-completions fields this model honours; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+def _chat_inputs(messages: list[Message], max_bytes: int) -> tuple[list[list[bytes]], str]:
+    """The images (as upload files, in order) and the text of a chat's messages."""
+    uploads, texts = [], []
+    for message in messages:
+        if message.role == "assistant":
+            continue
+        parts = message.content
+        if isinstance(parts, str):
+            parts = [TextPart(type="text", text=parts)]
+        for part in parts:
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            else:
+                uploads.append([_data_uri_bytes(part.image_url.url)])
+    text = "\n".join(t.strip() for t in texts if t.strip())
+    if not text:
+        raise ApiError(400, "the messages hold no text: say what to write")
+    for files in uploads:
+        _client_call(upload_kind, files, max_bytes)
+    return uploads, text
+
+
+def _data_uri_bytes(url: str) -> bytes:
+    """The bytes of a base64 data URI of an accepted type; remote URLs are not fetched."""
+    head, comma, data = url.partition(",")
+    if not url.startswith("data:") or not comma or not head.endswith(";base64"):
+        raise ApiError(
+            400, "image_url must be a base64 data URI (data:image/png;base64,...); URLs are not fetched"
+        )
+    media = head.removeprefix("data:").removesuffix(";base64")
+    if media not in DATA_URI_TYPES:
+        raise ApiError(400, f"image type {media!r} is not accepted; send one of {', '.join(DATA_URI_TYPES)}")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "image_url holds invalid base64") from None
+
+
+def _client_call(fn, *args):
+    try:
+        return fn(*args)
+    except ClientError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _as_api_error(exc: Exception) -> Exception:
+    """The answer to a failed deployment call: 400 for a ClientError and 503 for backpressure,
+    also when Ray wrapped them on their way through the chain; else `exc` itself (500)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        wrapped = getattr(seen, "cause", None)  # a RayTaskError: its message holds a traceback
+        if isinstance(wrapped, BaseException):
+            seen = wrapped
+            continue
+        if isinstance(seen, BackPressureError):
+            busy = "the server is at capacity; retry shortly"
+            return ApiError(503, busy, "overloaded", **{"Retry-After": RETRY_AFTER_S})
+        if isinstance(seen, ClientError):
+            return ApiError(400, str(seen).strip())
+        seen = seen.__cause__
+    return exc
+
+
+async def _sse(pieces: AsyncIterator[str], ident: str, created: int, model: str) -> AsyncIterator[str]:
+    """OpenAI's chat.completion.chunk events, then [DONE]."""
+
+    def event(delta: dict[str, str], finish: str | None = None) -> str:
+        chunk = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    async for piece in pieces:
+        yield event({"content": piece})
+    yield event({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+# Ray Serve pickles the deployment class when the decorator runs (at import), with the
+# module globals it finds then: every helper the class uses must be defined above it.
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, vision: DeploymentHandle, llm: DeploymentHandle, settings: ServeSettings) -> None:
+        self.vision, self.llm = vision, llm.options(stream=True)
+        self.settings = settings
+        self.keys = settings.keys()  # build_app refuses an app with none that is not open
+        if settings.demo:
+            self._mount_demo()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        entry = {"id": self.settings.model_name, "object": "model", "created": 0, "owned_by": "p2med"}
+        return {"object": "list", "data": [entry]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self._authorize(request)
+        body = await self._body(request)
+        try:
+            chat = ChatRequest.model_validate(json.loads(body))
+        except json.JSONDecodeError:
+            raise ApiError(400, "the body is not JSON") from None
+        except ValidationError as exc:
+            raise ApiError(400, _validation_message(exc.errors())) from None
+        if chat.model != self.settings.model_name:
+            raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
+        uploads, text = _chat_inputs(chat.messages, self.settings.max_request_bytes)
+        prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
+        completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
+        pieces = await self._generate(completion, uploads)
+        name, created, ident = self.settings.model_name, int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        if chat.stream:
+            return StreamingResponse(_sse(pieces, ident, created, name), media_type="text/event-stream")
+        text = "".join([piece async for piece in pieces])
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [choice],
+        }
+
+    @api.post("/v1/reports")
+    async def reports(self, request: Request) -> dict[str, str]:
+        self._authorize(request)
+        form = await self._form(request)
+        task, clinical = form.get("task"), form.get("clinical_text")
+        task = task if isinstance(task, str) else ""
+        files = [await f.read() for _, f in form.multi_items() if isinstance(f, UploadFile)]
+        pieces = await self._report(task, files, clinical if isinstance(clinical, str) else "")
+        report = "".join([piece async for piece in pieces])
+        return {"task": task, "report": report, "model": self.settings.model_name}
+
+    async def _report(self, task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:
+        """The pieces of a report of `task` on one uploaded image (the reports endpoint and
+        the demo)."""
+        if task not in IMAGE_TASKS:
+            raise ApiError(400, f"task must be one of {', '.join(IMAGE_TASKS)}; got {task!r}")
+        if not files:
+            raise ApiError(400, "no file uploaded: send one X-ray, or a CT series as files or one zip")
+        kind, _ = _client_call(upload_kind, files, self.settings.max_request_bytes)
+        wanted = task.removesuffix("_report")
+        if task.endswith("_report") and kind != wanted:
+            raise ApiError(400, f"task {task} needs a {wanted.upper()} but the upload is a {kind.upper()}")
+        prompt = request_prompt(task, [kind], clinical_text)
+        return await self._generate(self._completion(prompt, None), [files])
+
+    def _mount_demo(self) -> None:
+        """The Gradio page at /demo, behind a login whose password is an API key (unless open)."""
+        location = resolve(self.settings.model, self.settings.storage)
+        imaging = imaging_for(check_model_folder(location.uri, location.fs))
+        limit = self.settings.max_request_bytes
+
+        async def write(task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:
+            try:
+                return await self._report(task, files, clinical_text)
+            except ApiError as refusal:
+                raise DemoRefusal(refusal.message) from None
+
+        def preview(files: list[bytes]):
+            try:
+                return decode_upload(files, imaging, limit)
+            except ClientError as refusal:
+                raise DemoRefusal(str(refusal)) from None
+
+        def login(_user: str, password: str) -> bool:
+            return any(hmac.compare_digest(password.encode(), key.encode()) for key in self.keys)
+
+        auth = None if self.settings.open_access else login
+        gr.mount_gradio_app(api, build_demo(write, preview), path=DEMO_PATH, auth=auth)
+
+    def _authorize(self, request: Request) -> None:
+        if self.settings.open_access:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise ApiError(401, "missing API key: send Authorization: Bearer <key>", "authentication_error")
+        if not any(hmac.compare_digest(key.encode(), known.encode()) for known in self.keys):
+            raise ApiError(401, "invalid API key", "authentication_error")
+
+    def _completion(self, prompt: str, max_tokens: int | None, chat: ChatRequest | None = None) -> Completion:
+        limit = self.settings.max_tokens_limit
+        if max_tokens is not None and max_tokens > limit:
+            raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {limit}")
+        sampling = {}
+        if chat is not None:
+            sampling = {"temperature": chat.temperature, "top_p": chat.top_p, "seed": chat.seed}
+        return Completion(prompt, max_tokens or self.settings.default_max_tokens, **sampling)
+
+    async def _generate(self, completion: Completion, uploads: list[list[bytes]]) -> AsyncIterator[str]:
+        """The completion's text pieces; the first is awaited here, so that a bad upload or
+        prompt, or a full app, is answered with its status before any streaming starts."""
+        encodings = [self.vision.encode.remote(files) for files in uploads]
+        pieces = self.llm.stream.remote(completion, *encodings)
+        try:
+            first = await pieces.__anext__()
+        except StopAsyncIteration:
+            first = ""
+        except Exception as exc:
+            raise _as_api_error(exc) from None
+
+        async def rest() -> AsyncIterator[str]:
+            if first:
+                yield first
+            async for piece in pieces:
+                yield piece
+
+        return rest()
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused with 413 past the size limit (also while it streams in)."""
+        limit = self.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the request is {int(declared):,} bytes; the limit is {limit:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _form(self, request: Request):
+        body = await self._body(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(415, "send multipart/form-data with a file field and a task field")
+
+        async def once() -> AsyncIterator[bytes]:
+            yield body
+
+        try:
+            return await MultiPartParser(request.headers, once()).parse()
+        except MultiPartException as exc:
+            raise ApiError(400, f"malformed multipart body: {exc.message}") from None

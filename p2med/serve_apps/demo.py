@@ -1,0 +1,109 @@
+"""The Gradio demo, mounted on the API's own app at /demo: upload an X-ray (DICOM, PNG or
+JPEG) or a CT series (DICOM files or one zip), pick the task, add clinical text, see the
+image (a CT with a slice slider) and the report as it is written.
+
+The page calls the same code path as `POST /v1/reports` (`write`), and shows the image
+as the model sees it (`preview`: the ingest's preprocessing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+TASK_LABELS = {
+    "xray_report": "Chest X-ray report",
+    "ct_report": "Chest CT report",
+    "outpatient_record": "Outpatient record",
+    "inpatient_record": "Inpatient record",
+    "differential_diagnosis": "Differential diagnosis",
+}
+
+Write = Callable[[str, list[bytes], str], Awaitable[AsyncIterator[str]]]
+Preview = Callable[[list[bytes]], tuple[str, np.ndarray]]
+
+
+class DemoRefusal(Exception):
+    """A request the demo cannot serve; shown to the user as it is."""
+
+
+def build_demo(write: Write, preview: Preview) -> gr.Blocks:
+    """The page. `write(task, files, clinical_text)`: the report's pieces; `preview(files)`:
+    ("xray", (S, S)) or ("ct", (D, H, W)) in [0, 1]. Both raise DemoRefusal for bad input."""
+
+    def show(paths: list[str] | None):
+        if not paths:
+            return None, gr.update(visible=False), None
+        try:
+            kind, pixels = preview(_read(paths))
+        except DemoRefusal as refusal:
+            raise gr.Error(str(refusal)) from None
+        if kind == "xray":
+            return _grey(pixels), gr.update(visible=False), None
+        middle = len(pixels) // 2
+        slider = gr.update(visible=True, minimum=0, maximum=len(pixels) - 1, value=middle)
+        return _grey(pixels[middle]), slider, pixels
+
+    def pick_slice(volume: np.ndarray | None, index: float):
+        return None if volume is None else _grey(volume[int(index)])
+
+    async def report(paths: list[str] | None, task: str, clinical_text: str):
+        if not paths:
+            raise gr.Error("Upload an X-ray or a CT series first.")
+        try:
+            pieces = await write(task, _read(paths), clinical_text or "")
+            text = ""
+            async for piece in pieces:
+                text += piece
+                yield text
+        except DemoRefusal as refusal:
+            raise gr.Error(str(refusal)) from None
+
+    with gr.Blocks(title="P2Med demo") as demo:
+        gr.Markdown(
+            "## P2Med: reports for pediatric chest imaging\n"
+            "Upload a chest X-ray (DICOM, PNG or JPEG) or a CT series (DICOM files or one zip). "
+            "A research model trained on synthetic data: not for clinical use."
+        )
+        with gr.Row():
+            with gr.Column():
+                files = gr.File(label="Image files", file_count="multiple", type="filepath")
+                task = gr.Dropdown(
+                    choices=[(label, key) for key, label in TASK_LABELS.items()],
+                    value="xray_report",
+                    label="Task",
+                )
+                clinical = gr.Textbox(label="Clinical text (optional)", lines=3)
+                run = gr.Button("Write", variant="primary")
+            with gr.Column():
+                image = gr.Image(
+                    label="Image as the model sees it",
+                    type="numpy",
+                    interactive=False,
+                    height=360,
+                    elem_id="preview",
+                )
+                slice_index = gr.Slider(label="CT slice", minimum=0, maximum=1, step=1, visible=False)
+                output = gr.Textbox(label="Report", lines=12, elem_id="report")
+        volume = gr.State()
+        files.change(show, files, [image, slice_index, volume])
+        slice_index.change(pick_slice, [volume, slice_index], image)
+        run.click(report, [files, task, clinical], output)
+    return demo
+
+
+def _read(paths: list[str]) -> list[bytes]:
+    return [Path(path).read_bytes() for path in paths]
+
+
+DISPLAY_SIDE = 320  # small model inputs (64-128 px) are enlarged to about this for the eye
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H * f, W * f) uint8 for display, f a whole enlargement factor."""
+    factor = max(1, DISPLAY_SIDE // max(pixels.shape))
+    enlarged = pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+    return (np.clip(enlarged, 0, 1) * 255).astype(np.uint8)

@@ -1,0 +1,173 @@
+"""The two model deployments of the serving app.
+
+- `VisionEncoder`: uploaded files -> what the LLM reads for the image, (N + K, D): decoded
+  by the ingest's preprocessing (`uploads`), encoded and resampled in batches.
+- `LLM`: a prompt and its images' encodings -> the completion as a stream of text,
+  generated in batches with the KV cache; each request stops at its own length.
+
+Both load the same model folder; model compute runs in a worker thread so that a replica
+keeps taking requests (and streaming) while it computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray import serve
+
+from p2med.model.checkpoint import load_model
+from p2med.model.config import ModelConfig
+from p2med.model.generation import GenerationSettings, encode_prompts, stream
+from p2med.model.interleave import MODALITIES, Images
+from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.storage import resolve
+from p2med.serve_apps.errors import ClientError
+from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
+from p2med.serve_apps.uploads import decode_upload
+
+
+def load_served_model(settings: ServeSettings, replica: ModelDeploymentSettings):
+    """The model (LoRA merged, eval mode, on this replica's GPU if it has one) and tokenizer."""
+    torch.set_num_threads(max(1, int(replica.num_cpus)))
+    location = resolve(settings.model, settings.storage)
+    model, tokenizer = load_model(location.uri, fs=location.fs, merge=True)
+    if replica.num_gpus > 0 and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval(), tokenizer
+
+
+def imaging_for(config: ModelConfig) -> ImagingConfig:
+    """The preprocessing that made the model's training images (sizes from its config; the
+    lung window is the ingest's default)."""
+    vision = config.vision
+    return ImagingConfig(xray_size=vision.xray_size, ct_slices=vision.ct_slices, ct_size=vision.ct_size)
+
+
+@serve.deployment
+class VisionEncoder:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.model, _ = load_served_model(settings, settings.vision)
+        self.imaging = imaging_for(self.model.config)
+        self.max_bytes = settings.max_request_bytes
+        self._encode.set_max_batch_size(settings.vision.batch.max_batch_size)
+        self._encode.set_batch_wait_timeout_s(settings.vision.batch.batch_wait_timeout_s)
+
+    async def encode(self, files: list[bytes]) -> np.ndarray:
+        """One upload (an X-ray file, or a CT's slices or zip) -> (N + K, D) float32.
+
+        Raises:
+            BadUpload: the files are not an image the model can read (the client's fault).
+        """
+        _, pixels = await asyncio.to_thread(decode_upload, files, self.imaging, self.max_bytes)
+        return await self._encode(pixels)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _encode(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._encode_now, pixels)
+
+    @torch.inference_mode()
+    def _encode_now(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        """Images of either kind -> their encodings, one forward pass per kind."""
+        kinds = ["xray" if p.ndim == 2 else "ct" for p in pixels]
+        stacked = {
+            kind: torch.from_numpy(np.stack([p for k, p in zip(kinds, pixels, strict=True) if k == kind]))
+            for kind in MODALITIES
+            if kind in kinds
+        }
+        on_device = {kind: tensor.to(self.model.device) for kind, tensor in stacked.items()}
+        images = Images([[kind] for kind in kinds], **on_device)
+        return list(self.model.encode_images(images).float().cpu().numpy())
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What to generate: `prompt` holds one `<image>` per encoding passed with it."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def sampling(self) -> tuple[float, float, int | None]:
+        return self.temperature, self.top_p, self.seed
+
+
+@serve.deployment
+class LLM:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.model, self.tokenizer = load_served_model(settings, settings.llm)
+        self._generate.set_max_batch_size(settings.llm.batch.max_batch_size)
+        self._generate.set_batch_wait_timeout_s(settings.llm.batch.batch_wait_timeout_s)
+
+    async def stream(self, completion: Completion, *encoded: np.ndarray) -> AsyncIterator[str]:
+        """The completion's text, piece by piece; `encoded`: its images' encodings in prompt order.
+
+        Raises:
+            ClientError: the prompt and images do not fit the model (placeholders, context),
+                checked here so that one bad request cannot fail the batch it would join.
+        """
+        if not completion.prompt.strip():
+            raise ClientError("the prompt is empty")
+        ids = self.tokenizer(completion.prompt).input_ids
+        slots = ids.count(self.model.image_token_id)
+        if slots != len(encoded):
+            raise ClientError(f"the prompt has {slots} image slots but {len(encoded)} images")
+        length = len(ids) + slots * (self.model.image_slots - 1)
+        if length >= self.model.context_length:
+            raise ClientError(
+                f"the prompt takes {length} of the model's {self.model.context_length} positions "
+                f"(each image takes {self.model.image_slots}); shorten it"
+            )
+        async for piece in self._generate(completion, list(encoded)):
+            if piece:
+                yield piece
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate(
+        self, completions: list[Completion], encoded: list[list[np.ndarray]]
+    ) -> AsyncIterator[list[str | type[StopIteration]]]:
+        """One step of every request of the batch per yield. Requests with the same sampling
+        settings decode as one batch; the groups take turns."""
+        groups: dict[tuple, list[int]] = {}
+        for i, completion in enumerate(completions):
+            groups.setdefault(completion.sampling(), []).append(i)
+        streams = [(rows, self._stream(rows, completions, encoded)) for rows in groups.values()]
+        produced = [0] * len(completions)
+        finished = [False] * len(completions)
+        while not all(finished):
+            out: list[str | type[StopIteration]] = [StopIteration if f else "" for f in finished]
+            for rows, steps in streams:
+                if all(finished[i] for i in rows):
+                    continue
+                deltas = await asyncio.to_thread(next, steps, None)  # None: all rows stopped
+                for i, delta in zip(rows, deltas or [None] * len(rows), strict=True):
+                    if finished[i]:
+                        continue
+                    produced[i] += 1
+                    if delta is None or produced[i] > completions[i].max_tokens:
+                        finished[i], out[i] = True, StopIteration
+                    else:
+                        out[i] = delta
+            yield out
+
+    def _stream(
+        self, rows: list[int], completions: list[Completion], encoded: list[list[np.ndarray]]
+    ) -> Iterator[list[str | None]]:
+        """The text deltas of rows `rows` of the batch, decoded together."""
+        first = completions[rows[0]]
+        settings = GenerationSettings(
+            max_new_tokens=max(completions[i].max_tokens for i in rows),
+            temperature=first.temperature,
+            top_p=first.top_p,
+            seed=first.seed,
+        )
+        ids, mask = encode_prompts(self.tokenizer, [completions[i].prompt for i in rows])
+        arrays = list(itertools.chain.from_iterable(encoded[i] for i in rows))
+        images = torch.from_numpy(np.stack(arrays)) if arrays else None
+        yield from stream(self.model, self.tokenizer, ids, mask, images, settings)

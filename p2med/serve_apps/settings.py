@@ -1,0 +1,95 @@
+"""Settings of the serving app: what `p2med serve` reads from YAML and overrides, and what
+`serve_config.yaml` passes to the app builder (`app.build_app`) as typed arguments."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field, SecretStr
+
+from p2med.platform.config import Config
+from p2med.platform.storage import StorageConfig
+
+API_KEYS_ENV = "P2MED_API_KEYS"  # comma-separated bearer keys, added to `api_keys`
+
+
+class ReplicaSettings(Config):
+    """Resources, autoscaling and backpressure of one deployment."""
+
+    num_cpus: float = Field(0.25, gt=0)
+    """CPUs per replica; fractions let several replicas share a small machine."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs per replica (fractions share one GPU between replicas)."""
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    """Autoscaling aims at this many requests in flight per replica."""
+    max_ongoing_requests: int = Field(16, ge=1)
+    """Requests one replica takes at once; more wait in the caller's queue."""
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests that may wait for a replica; beyond this the app answers 503 (-1: no limit)."""
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments of `Deployment.options` for these settings."""
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+
+
+class BatchSettings(Config):
+    """How a model deployment gathers concurrent requests into one batch (`@serve.batch`)."""
+
+    max_batch_size: int = Field(8, ge=1)
+    """1 disables batching."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    """How long the first request of a batch waits for others."""
+
+
+class ModelDeploymentSettings(ReplicaSettings):
+    batch: BatchSettings = BatchSettings()
+
+
+class ServeSettings(Config):
+    """Everything the serving app needs."""
+
+    model: str = "runs/train/stage3/model"
+    """The model folder to serve (a stage's `model/`): a local path, file:// or s3:// URI."""
+    storage: StorageConfig = StorageConfig()
+    """Connection settings for s3:// locations."""
+    model_name: str = "p2med"
+    """The model id clients name (`GET /v1/models`, the `model` field of a chat request)."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer keys that may call the API; $P2MED_API_KEYS (comma-separated) adds more."""
+    open_access: bool = False
+    """Serve without keys. Only for a demo on a trusted machine: the API answers anyone."""
+    demo: bool = True
+    """Serve the Gradio demo at /demo (its login: any user name, an API key as password)."""
+    max_request_mb: float = Field(64.0, gt=0)
+    """Largest request body (and the most a CT zip may expand to), in MiB."""
+    default_max_tokens: int = Field(320, ge=1)
+    """Tokens generated when a request does not say (a long inpatient record needs ~300)."""
+    max_tokens_limit: int = Field(1024, ge=1)
+    """The most tokens one request may ask for."""
+    vision: ModelDeploymentSettings = ModelDeploymentSettings()
+    llm: ModelDeploymentSettings = ModelDeploymentSettings()
+    ingress: ReplicaSettings = ReplicaSettings(max_ongoing_requests=64, max_queued_requests=128)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    def keys(self) -> set[str]:
+        """The accepted bearer keys: the configured ones and those of $P2MED_API_KEYS."""
+        from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+        return {k.get_secret_value() for k in self.api_keys} | set(from_env)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 2**20)
