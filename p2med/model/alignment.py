@@ -30,7 +30,8 @@ class FindingHead(nn.Module):
     and added to every latent, and K verdict slots after the latents, one per finding,
     which the LLM reads as it reads words: slot k = identity_k + p_k * presence_k. The
     slots made the reports follow the head (agreement on bench X-ray findings 0.71 -> 0.92);
-    the added verdict alone, even at the latents' own scale, did not."""
+    the added verdict alone, even at the latents' own scale, did not. Training starts
+    presence_k at the embedding of finding k's words (`ground_slots`)."""
 
     def __init__(self, latents: int, width: int, labels: int) -> None:
         super().__init__()
@@ -56,6 +57,17 @@ class FindingHead(nn.Module):
         probs = torch.sigmoid(self(latents))  # (P, K)
         slots = self.identity + probs[..., None] * self.presence  # (P, K, D)
         return torch.cat([latents + self.hint(probs)[:, None, :], slots.to(latents.dtype)], 1)
+
+    @torch.no_grad()
+    def ground_slots(self, words: torch.Tensor) -> None:
+        """Start each finding's presence vector at the embedding of the words that name it
+        (K, D), so that a slot the head lights up reads like the words the report must
+        write; the LLM then has a phrase to copy rather than a code to learn."""
+        if words.shape != self.presence.shape:
+            raise ValueError(
+                f"words must be (labels, width) = {tuple(self.presence.shape)}; got {tuple(words.shape)}"
+            )
+        self.presence.copy_(words.to(self.presence.dtype))
 
     def unused(self) -> torch.Tensor:
         """A zero that depends on the weights only the LLM's loss trains (hint and slots),

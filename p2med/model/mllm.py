@@ -8,7 +8,7 @@ out.loss.backward()
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -61,6 +61,22 @@ class P2MedModel(nn.Module):
     def image_slots(self) -> int:
         """Positions one image takes in the LLM's input: N latents and K verdict slots."""
         return self.config.resampler.latents + self.config.finding_labels
+
+    @torch.no_grad()
+    def ground_verdict_slots(self, phrases: list[str], tokenizer: Any) -> None:
+        """Start the finding head's verdict slots at the mean token embedding of each
+        finding's phrase (`phrases`: one per label, in label order), e.g. "consolidation in
+        the right upper lobe"; see `FindingHead.ground_slots`."""
+        if len(phrases) != self.config.finding_labels:
+            raise ValueError(
+                f"need one phrase per finding label ({self.config.finding_labels}); got {len(phrases)}"
+            )
+        embed = self.llm.get_input_embeddings()
+        words = [
+            embed(torch.tensor(tokenizer(p, add_special_tokens=False).input_ids, device=self.device))
+            for p in phrases
+        ]
+        self.alignment.ground_slots(torch.stack([w.mean(0) for w in words]))
 
     def encode_images(self, images: Images) -> torch.Tensor:
         """Images -> what the LLM reads for them (P, N + K, D): their latents with the

@@ -114,3 +114,14 @@ def test_vision_steps_give_the_same_finding_loss_without_the_llm(model, tokenize
     assert all(p.grad is not None for p in [*model.vision.parameters(), *model.alignment.parameters()])
     with pytest.raises(ValueError, match="needs findings"):
         model(ids, mask, images=images, read_text=False)
+
+
+def test_a_lit_slot_starts_as_the_words_of_its_finding(model, tokenizer):
+    labels = model.config.finding_labels
+    phrases = [f"consolidation in the right lower lobe {i}" for i in range(labels)]
+    model.ground_verdict_slots(phrases, tokenizer)
+    embed = model.llm.get_input_embeddings()
+    first = embed(torch.tensor(tokenizer(phrases[0], add_special_tokens=False).input_ids)).mean(0)
+    torch.testing.assert_close(model.alignment.presence[0], first)
+    with pytest.raises(ValueError, match="one phrase per finding label"):
+        model.ground_verdict_slots(phrases[:-1], tokenizer)

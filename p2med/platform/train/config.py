@@ -145,9 +145,12 @@ class DataSettings(Config):
     """Stage-3 task mixing."""
     shuffle_buffer: int = Field(256, ge=0)
     """Samples in each worker's local shuffle buffer (0: no shuffling)."""
-    length_group: int = Field(8, ge=1)
+    length_group: int = Field(1, ge=1)
     """Batches read together and regrouped by row length, so a batch holds rows of similar
-    length and pads less (1: batches as read)."""
+    length and pads less (1: batches as read). Off by default: a row's length tells its
+    labels (a report grows with its findings), so grouped batches are of one kind; on the
+    tiny set the finding head then read bench X-rays at 0.84 instead of 0.93, though
+    stage 3 ran 35% faster."""
     materialize: bool = False
     """Encode each stage's training samples once and keep them in Ray's object store: a
     small set read for many epochs then skips re-reading and re-encoding its shards every

@@ -32,6 +32,7 @@ from p2med.model.config import ModelConfig
 from p2med.model.interleave import MODALITIES, Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
+from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.storage import StorageConfig, resolve
 from p2med.platform.train.config import TrainSettings
 from p2med.platform.train.deepspeed_config import deepspeed_config
@@ -216,6 +217,8 @@ def _initial_model(job: StageJob) -> Any:
         fs = resolve(remote[0], job.storage).fs if remote else None  # one S3 setting for all bases
         return build_model(config, job.tokenizer, fs)
     model, _ = load_model(job.init_model, fs=resolve(job.init_model, job.storage).fs)
+    if job.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
+        model.ground_verdict_slots([finding.phrase() for finding in FINDING_LABELS], job.tokenizer)
     return model.train()
 
 
@@ -225,13 +228,13 @@ def endless_batches(
     """Batches without end from a dataset shard (or a whole Dataset): it is read again,
     reshuffled with a new seed, whenever it runs out.
 
-    Rows are read `data.length_group` batches at a time, sorted by the length the LLM sees
-    (text plus `image_slots` positions per image), cut into batches and taken in random
-    order, as transformers' `group_by_length` does: a batch costs as much as its longest
-    row, and random batches are mostly padding (stage 3 of the tiny set: longest row 321
-    positions on average, mean row 194; grouped by 8 batches, 208). Every rank takes the
-    same number of batches: the shards are equal and a group's remainder under one batch
-    is dropped.
+    With `data.length_group` > 1, rows are read that many batches at a time, sorted by the
+    length the LLM sees (text plus `image_slots` positions per image), cut into batches and
+    taken in random order, as transformers' `group_by_length` does: a batch costs as much
+    as its longest row (stage 3 of the tiny set: longest row 321 positions on average,
+    208 grouped by 8), but its rows are then alike in what they say (see the setting).
+    Every rank takes the same number of batches: the shards are equal and a group's
+    remainder under one batch is dropped.
     """
     group = settings.data.length_group
     order = torch.Generator().manual_seed(settings.seed)
