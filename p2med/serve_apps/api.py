@@ -224,7 +224,7 @@ async def _sse(pieces: AsyncIterator[str], ident: str, created: int, model: str)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, vision: DeploymentHandle, llm: DeploymentHandle, settings: ServeSettings) -> None:
-        self.vision, self.llm = vision, llm.options(stream=True)
+        self.vision, self.llm, self.llm_stream = vision, llm, llm.options(stream=True)
         self.settings = settings
         self.keys = settings.keys()  # build_app refuses an app with none that is not open
         if settings.demo:
@@ -255,11 +255,11 @@ class Ingress:
         uploads, text = _chat_inputs(chat.messages, self.settings.max_request_bytes)
         prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
         completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
-        pieces = await self._generate(completion, uploads)
         name, created, ident = self.settings.model_name, int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         if chat.stream:
+            pieces = await self._stream(completion, uploads)
             return StreamingResponse(_sse(pieces, ident, created, name), media_type="text/event-stream")
-        text = "".join([piece async for piece in pieces])
+        text = await self._complete(completion, uploads)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         return {
             "id": ident,
@@ -276,13 +276,13 @@ class Ingress:
         task, clinical = form.get("task"), form.get("clinical_text")
         task = task if isinstance(task, str) else ""
         files = [await f.read() for _, f in form.multi_items() if isinstance(f, UploadFile)]
-        pieces = await self._report(task, files, clinical if isinstance(clinical, str) else "")
-        report = "".join([piece async for piece in pieces])
+        completion = self._report(task, files, clinical if isinstance(clinical, str) else "")
+        report = await self._complete(completion, [files])
         return {"task": task, "report": report, "model": self.settings.model_name}
 
-    async def _report(self, task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:
-        """The pieces of a report of `task` on one uploaded image (the reports endpoint and
-        the demo)."""
+    def _report(self, task: str, files: list[bytes], clinical_text: str) -> Completion:
+        """What to generate for a report of `task` on one uploaded image (the reports
+        endpoint and the demo)."""
         if task not in IMAGE_TASKS:
             raise ApiError(400, f"task must be one of {', '.join(IMAGE_TASKS)}; got {task!r}")
         if not files:
@@ -291,8 +291,7 @@ class Ingress:
         wanted = task.removesuffix("_report")
         if task.endswith("_report") and kind != wanted:
             raise ApiError(400, f"task {task} needs a {wanted.upper()} but the upload is a {kind.upper()}")
-        prompt = request_prompt(task, [kind], clinical_text)
-        return await self._generate(self._completion(prompt, None), [files])
+        return self._completion(request_prompt(task, [kind], clinical_text), None)
 
     def _mount_demo(self) -> None:
         """The Gradio page at /demo, behind a login whose password is an API key (unless open)."""
@@ -302,7 +301,7 @@ class Ingress:
 
         async def write(task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:
             try:
-                return await self._report(task, files, clinical_text)
+                return await self._stream(self._report(task, files, clinical_text), [files])
             except ApiError as refusal:
                 raise DemoRefusal(refusal.message) from None
 
@@ -336,11 +335,19 @@ class Ingress:
             sampling = {"temperature": chat.temperature, "top_p": chat.top_p, "seed": chat.seed}
         return Completion(prompt, max_tokens or self.settings.default_max_tokens, **sampling)
 
-    async def _generate(self, completion: Completion, uploads: list[list[bytes]]) -> AsyncIterator[str]:
+    async def _complete(self, completion: Completion, uploads: list[list[bytes]]) -> str:
+        """The completion's text in one reply from the LLM."""
+        encodings = [self.vision.encode.remote(files) for files in uploads]
+        try:
+            return await self.llm.complete.remote(completion, *encodings)
+        except Exception as exc:
+            raise _as_api_error(exc) from None
+
+    async def _stream(self, completion: Completion, uploads: list[list[bytes]]) -> AsyncIterator[str]:
         """The completion's text pieces; the first is awaited here, so that a bad upload or
         prompt, or a full app, is answered with its status before any streaming starts."""
         encodings = [self.vision.encode.remote(files) for files in uploads]
-        pieces = self.llm.stream.remote(completion, *encodings)
+        pieces = self.llm_stream.stream.remote(completion, *encodings)
         try:
             first = await pieces.__anext__()
         except StopAsyncIteration:

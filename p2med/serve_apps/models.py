@@ -128,6 +128,10 @@ class LLM:
             if piece:
                 yield piece
 
+    async def complete(self, completion: Completion, *encoded: np.ndarray) -> str:
+        """The whole completion in one reply (streaming sends one message per piece)."""
+        return "".join([piece async for piece in self.stream(completion, *encoded)])
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate(
         self, completions: list[Completion], encoded: list[list[np.ndarray]]
