@@ -96,33 +96,34 @@ def _validation_message(errors: list[Any]) -> str:
     return f"{where or 'body'}: {first.get('msg', 'invalid')}"
 
 
-class TextPart(BaseModel):
+class OpenAIModel(BaseModel):
+    """A part of OpenAI's request format: fields this model does not use are ignored."""
+
     model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(OpenAIModel):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ImageURL(OpenAIModel):
     url: str
 
 
-class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ImagePart(OpenAIModel):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Message(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart | ImagePart]
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(OpenAIModel):
     """The OpenAI chat-completions fields this model honours; others are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
