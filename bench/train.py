@@ -84,7 +84,7 @@ def baseline(shards: Path, tokenizer_dir: str, steps: int, warmup: int, settings
     tokenizer = load_tokenizer(tokenizer_dir)
     config = model_config_for(settings, read_manifest(resolve(str(shards))))
     model = build_model(config, tokenizer).train()
-    stream = endless_batches(data, BATCH, settings, torch.device("cpu"), model.image_slots)
+    stream = endless_batches(data, BATCH, settings, torch.device("cpu"))
     batches = list(itertools.islice(stream, steps))
     apply_stage(model, 3)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from p2med.model.checkpoint import load_model, save_model
 from p2med.model.config import ModelConfig
-from p2med.model.interleave import MODALITIES, Images
+from p2med.model.interleave import IGNORE_INDEX, Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.platform.data.vocabulary import FINDING_LABELS
@@ -103,7 +103,7 @@ def train_loop(config: dict[str, Any]) -> None:
         tracker = Tracker(job.stage, total, store, settings.tracking, params, run_id, history)
 
     shard = ray.train.get_dataset_shard("train")
-    batches = endless_batches(shard, stage_settings.batch_size, settings, device, model.image_slots)
+    batches = endless_batches(shard, stage_settings.batch_size, settings, device)
     stage_dir = resolve(job.stage_dir, job.storage)
     val_batches = None  # read at the first validation, then kept
     while step < total:
@@ -111,7 +111,14 @@ def train_loop(config: dict[str, Any]) -> None:
         batch = next(batches)
         engine.train()
         vision_only = step < getattr(stage_settings, "vision_steps", 0)
-        loss = stage_loss(engine, batch, job.stage, settings.optimizer.alignment_weight, vision_only)
+        loss = stage_loss(
+            engine,
+            batch,
+            job.stage,
+            settings.optimizer.alignment_weight,
+            vision_only,
+            settings.data.micro_batches,
+        )
         engine.backward(loss)
         engine.step()
         step += 1
@@ -163,21 +170,60 @@ def stage_loss(
     stage: int,
     alignment_weight: float,
     vision_only: bool = False,
+    micro_batches: int = 1,
 ) -> torch.Tensor:
     """The stage's loss on one batch: the language-model loss, plus in stages 2 and 3 the
     finding loss of its images (each labelled by its own report); `vision_only` (stage 2's
-    vision steps): the finding loss alone."""
-    batch = trimmed(batch)
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    if stage == 1:
-        return engine(ids, mask, labels, Images.none(len(ids))).loss
-    images = Images.from_batch(batch)
+    vision steps): the finding loss alone.
+
+    With `micro_batches` > 1 the rows, sorted by length, run through the model in that many
+    groups, each padded only to its own longest row, and the groups' losses are weighted
+    back into the whole batch's means: the same loss and gradient, less padding."""
     if vision_only:
-        findings = Images.findings_from_batch(batch)
-        return engine(ids, mask, images=images, findings=findings, read_text=False).finding_loss
-    findings = Images.findings_from_batch(batch) if alignment_weight > 0 else None
+        batch = trimmed(batch)
+        images, findings = Images.from_batch(batch), Images.findings_from_batch(batch)
+        return engine(
+            batch["input_ids"], batch["attention_mask"], images=images, findings=findings, read_text=False
+        ).finding_loss
+    with_findings = stage > 1 and alignment_weight > 0
+    parts = [
+        _summed_losses(engine, part, stage, with_findings)
+        for part in length_sorted_parts(batch, micro_batches)
+    ]
+    text_loss, text_count, finding_loss, finding_count = (sum(values) for values in zip(*parts, strict=True))
+    loss = text_loss / max(text_count, 1)
+    if with_findings:
+        loss = loss + alignment_weight * finding_loss / max(finding_count, 1)
+    return loss
+
+
+def length_sorted_parts(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """The batch's rows sorted by text length and cut into `parts` groups (fewer when the
+    batch is smaller), each trimmed of the padding columns none of its rows uses."""
+    if parts == 1:
+        return [trimmed(batch)]
+    order = batch["attention_mask"].sum(1).argsort(stable=True)
+    return [trimmed({key: value[rows] for key, value in batch.items()}) for rows in order.chunk(parts)]
+
+
+def _summed_losses(
+    engine: Any, batch: dict[str, torch.Tensor], stage: int, with_findings: bool
+) -> tuple[torch.Tensor, int, torch.Tensor | float, int]:
+    """(language-model loss summed over the batch's target tokens, their count, finding loss
+    summed over its labelled images, their count): the model returns means, which weighted
+    by their counts add up across micro-batches."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    targets = int((labels[:, 1:] != IGNORE_INDEX).sum())  # the LLM predicts each from the one before
+    images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
+    findings = Images.findings_from_batch(batch) if with_findings else None
     out = engine(ids, mask, labels, images, findings)
-    return out.loss if findings is None else out.loss + alignment_weight * out.finding_loss
+    # rows whose targets were all truncated: the mean is NaN; a zero still reaches every weight
+    text = out.loss * targets if targets else out.logits.sum() * 0.0
+    if findings is None:
+        return text, targets, 0.0, 0
+    labelled = int((~findings.isnan().any(1)).sum())
+    # with no labelled image the model's finding loss is already such a zero
+    return text, targets, out.finding_loss * max(labelled, 1), labelled
 
 
 def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,37 +269,23 @@ def _initial_model(job: StageJob) -> Any:
 
 
 def endless_batches(
-    shard: Any, batch_size: int, settings: TrainSettings, device: torch.device, image_slots: int = 1
+    shard: Any, batch_size: int, settings: TrainSettings, device: torch.device
 ) -> Iterator[dict]:
     """Batches without end from a dataset shard (or a whole Dataset): it is read again,
-    reshuffled with a new seed, whenever it runs out.
-
-    With `data.length_group` > 1, rows are read that many batches at a time, sorted by the
-    length the LLM sees (text plus `image_slots` positions per image), cut into batches and
-    taken in random order, as transformers' `group_by_length` does: a batch costs as much
-    as its longest row (stage 3 of the tiny set: longest row 321 positions on average,
-    208 grouped by 8), but its rows are then alike in what they say (see the setting).
-    Every rank takes the same number of batches: the shards are equal and a group's
-    remainder under one batch is dropped.
-    """
-    group = settings.data.length_group
-    order = torch.Generator().manual_seed(settings.seed)
+    reshuffled with a new seed, whenever it runs out. Only whole batches: every rank then
+    takes the same number of steps (the shards are equal)."""
     epoch = 0
     while True:
         got = False
-        for rows in shard.iter_torch_batches(
-            batch_size=batch_size * group,
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size,
             local_shuffle_buffer_size=settings.data.shuffle_buffer or None,
             local_shuffle_seed=settings.seed + epoch,
             device=device,
+            drop_last=True,
         ):
-            images = sum(rows[f"has_{kind}"] for kind in MODALITIES if f"has_{kind}" in rows)
-            length = rows["attention_mask"].sum(1) + images * (image_slots - 1)
-            batches = length.argsort(stable=True).split(batch_size)
-            for i in torch.randperm(len(batches), generator=order).tolist():
-                if len(batches[i]) == batch_size:
-                    got = True
-                    yield {key: value[batches[i]] for key, value in rows.items()}
+            got = True
+            yield batch
         if not got:
             raise RuntimeError(
                 f"this worker's share of the training data holds fewer than {batch_size} samples"
