@@ -6,7 +6,7 @@ setup:
 	@scripts/setup.sh
 
 quickstart: setup
-	.venv/bin/p2med synth --config synth/default.yaml
+	.venv/bin/p2med quickstart
 
 lint: setup
 	.venv/bin/ruff check .

@@ -5,7 +5,8 @@
     p2med <job> [--config FILE] [key=value ...]
 
 Overrides use dotted keys for nested configs (`storage.region=eu-west-1`); `--key VALUE`
-is accepted for a top-level key (`--out data/raw`). Bad input ends with one line on
+is accepted for a top-level key (`--out data/raw`), `--no-key` for a top-level switch
+(`--no-serve`). Bad input ends with one line on
 stderr and a non-zero exit code, never a traceback.
 """
 
@@ -42,6 +43,7 @@ JOBS = {
         Job("train", "p2med.jobs.train"),
         Job("eval", "p2med.jobs.eval"),
         Job("serve", "p2med.jobs.serve"),
+        Job("quickstart", "p2med.jobs.quickstart"),
     ]
 }
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -89,7 +91,10 @@ def _split_args(job: str, args: list[str], config_cls) -> tuple[str | None, list
     top_level = set(config_cls.model_fields)
     while i < len(args):
         arg = args[i]
-        if arg.startswith("--"):
+        flag = arg[5:].replace("-", "_") if arg.startswith("--no-") else ""
+        if flag in top_level and config_cls.model_fields[flag].annotation in (bool, "bool"):
+            overrides.append(f"{flag}=false")  # --no-serve
+        elif arg.startswith("--"):
             key, eq, value = arg[2:].partition("=")
             if not eq:
                 if i + 1 >= len(args):

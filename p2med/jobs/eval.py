@@ -6,6 +6,8 @@ p2med eval --config eval/default.yaml model=s3://bucket/runs/r1/stage3/model sha
 
 from __future__ import annotations
 
+from typing import Any
+
 from p2med.platform.eval.settings import EvalSettings
 from p2med.platform.storage import StorageConfig
 
@@ -21,7 +23,8 @@ class Config(EvalSettings):
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> None:
+def run(config: Config) -> dict[str, Any]:
+    """Evaluate; the metrics that metrics.json holds."""
     from p2med.platform.eval.evaluate import evaluate
     from p2med.platform.storage import resolve
 
@@ -29,4 +32,4 @@ def run(config: Config) -> None:
     out = resolve(config.out, config.storage)
     print(f"eval: {model.uri} on the bench split of {shards.uri} -> {out.uri}")
     settings = EvalSettings.model_validate(config.model_dump(exclude={"model", "shards", "out", "storage"}))
-    evaluate(model, shards, out, settings)
+    return evaluate(model, shards, out, settings)

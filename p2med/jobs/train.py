@@ -7,10 +7,13 @@ ray job submit --address http://127.0.0.1:8265 --working-dir . -- p2med train --
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from p2med.platform.storage import StorageConfig
 from p2med.platform.train.config import TrainSettings
+
+if TYPE_CHECKING:
+    from p2med.platform.train.trainer import TrainSummary
 
 
 class Config(TrainSettings):
@@ -26,7 +29,7 @@ class Config(TrainSettings):
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> None:
+def run(config: Config) -> TrainSummary:
     from p2med.platform.storage import resolve
     from p2med.platform.train.trainer import train
 
@@ -40,3 +43,4 @@ def run(config: Config) -> None:
     for result in summary.stages:
         timing = "already done" if result.skipped else f"{result.seconds:.0f} s"
         print(f"train: stage {result.stage}: {timing}; model at {result.model}")
+    return summary

@@ -166,17 +166,23 @@ def _describe(cls: type[Config], exc: ValidationError) -> str:
     return f"config key '{key}': {err['msg']}{shown}{more}"
 
 
-def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe_fields(
+    cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
     """(dotted key, type and bounds, default, description) for every leaf field, nested
-    configs expanded."""
+    configs expanded; a nested config's defaults are those of its parent's default
+    (`defaults`), which may differ from its class's."""
     rows = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
         annotation = field.annotation
+        default = (
+            getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        )
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += describe_fields(annotation, prefix=f"{key}.")
+            nested = default if isinstance(default, BaseModel) else None
+            rows += describe_fields(annotation, prefix=f"{key}.", defaults=nested)
             continue
-        default = field.get_default(call_default_factory=True)
         shown = "(secret)" if isinstance(default, SecretStr) else repr(default)
         kind = ", ".join([_type_name(annotation), *_bounds(field.metadata)])
         rows.append((key, kind, shown, field.description or ""))

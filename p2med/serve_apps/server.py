@@ -28,6 +28,8 @@ def serve_forever(settings: ServeSettings) -> None:
     url = start(settings)
     print(f"serve: {settings.model_name} ready in {time.perf_counter() - started:.0f} s", flush=True)
     print(f"serve: API at {url}/v1 (OpenAI-compatible), reports at {url}/v1/reports", flush=True)
+    if settings.demo:
+        print(f"serve: demo at {url}/demo (any user name, an API key as password)", flush=True)
     print("serve: Ctrl-C stops", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # a container's stop is a Ctrl-C (Ray's handler dumps a trace)
     try:

@@ -22,8 +22,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 import ray.train
@@ -72,7 +74,7 @@ def train(
     """
     manifest = read_manifest(shards)  # fails on a missing or incompatible ingest
     check_writable(output)
-    if resume and not _has_progress(output, stages):
+    if resume and not has_progress(output, stages):
         raise P2MedError(f"resume=true but {output.uri} holds no run of stage {stages[0]} to resume")
     _check_previous_stage(output, stages[0])
     if settings.deepspeed.zero_stage == 3 and stages != [1]:
@@ -173,7 +175,7 @@ def _run_stage(
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     print(f"train: stage {stage} on {scaling.workers} worker(s) -> {stage_dir.uri}", flush=True)
-    result = trainer.fit()
+    result = _fit_interruptibly(trainer)
     if stage_dir.join(NAN_MARKER).exists():
         where = json.loads(stage_dir.join(NAN_MARKER).read_text())
         kept = (
@@ -189,6 +191,30 @@ def _run_stage(
     seconds = time.perf_counter() - started
     print(f"train: stage {stage} done in {seconds:.0f} s", flush=True)
     return StageResult(stage, seconds, stage_dir.join(MODEL_DIR).uri)
+
+
+def _fit_interruptibly(trainer: TorchTrainer) -> ray.train.Result:
+    """`trainer.fit()` on a helper thread. On the main thread, Ray Train (2.60) installs
+    a Ctrl-C handler of its own and keeps it after fit returns: Ctrl-C then ends the process
+    through Ray's abort path (exit 1, no message), and a later Ctrl-C, say while serving,
+    aborts a finished controller. From a helper thread Ctrl-C stays a KeyboardInterrupt
+    here; the local Ray stops with the process, and the checkpoints so far stay for
+    resume=true."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _tokenizer(
@@ -276,5 +302,6 @@ def _check_previous_stage(output: Location, stage: int) -> None:
         )
 
 
-def _has_progress(output: Location, stages: list[int]) -> bool:
+def has_progress(output: Location, stages: list[int]) -> bool:
+    """Whether any of `stages` has started under `output` (then resume=true continues it)."""
     return any(output.join(f"stage{s}").exists() for s in stages)
