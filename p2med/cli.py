@@ -92,7 +92,9 @@ def _split_args(job: str, args: list[str], config_cls) -> tuple[str | None, list
     while i < len(args):
         arg = args[i]
         flag = arg[5:].replace("-", "_") if arg.startswith("--no-") else ""
-        if flag in top_level and config_cls.model_fields[flag].annotation in (bool, "bool"):
+        if flag in top_level:
+            if config_cls.model_fields[flag].annotation not in (bool, "bool"):
+                raise ConfigError(f"option {arg}: {flag} is not a true/false key; use {flag}=VALUE")
             overrides.append(f"{flag}=false")  # --no-serve
         elif arg.startswith("--"):
             key, eq, value = arg[2:].partition("=")

@@ -43,6 +43,14 @@ def test_job_help_lists_keys_types_and_defaults():
         assert expected in out
 
 
+def test_nested_defaults_in_help_are_those_the_job_uses():
+    out = p2med("quickstart", "--help").stdout  # its synth and training differ from synth's and train's own
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "default" in line}
+    assert rows["synth.patients"].endswith("default 600")
+    assert rows["train.stages.stage3.steps"].endswith("default 300")  # train/tiny.yaml
+    assert rows["serve"].endswith("default True")
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -58,6 +66,7 @@ def test_job_help_lists_keys_types_and_defaults():
         (["synth", "storage.secret_access_key=", "storage.max_attempts=0"], ["storage.max_attempts"]),
         (["synth", "--config", "missing.yaml"], ["config file 'missing.yaml' not found"]),
         (["synth", "seed"], ["not of the form key=value"]),
+        (["synth", "--no-patients"], ["option --no-patients: patients is not a true/false key"]),
     ],
 )
 def test_bad_config_input(args, fragments):

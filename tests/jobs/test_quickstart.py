@@ -157,13 +157,19 @@ def test_a_reduced_quickstart_is_interrupted_resumed_evaluated_and_served(tmp_pa
     assert yaml.safe_load(saved)["synth"]["patients"] == 24
 
 
-def test_each_run_gets_its_own_directory(tmp_path):
-    root = resolve(str(tmp_path))
+def test_each_run_gets_its_own_directory(location_uri):
+    uri, storage = location_uri  # local disk and the S3 server
+    root = resolve(uri, storage)
     first, second = RunDirectory.create(root), RunDirectory.create(root)
-    assert first.uri != second.uri
+    assert first.uri != second.uri and first.uri.startswith(root.uri)
+    first.save_settings({"synth": {"patients": 3}})
     first.finish("synth", 2.0, note="x")
-    assert first.phases() == {"synth": {"seconds": 2.0, "note": "x"}} and second.phases() == {}
-    assert RunDirectory.open(resolve(first.uri)).finished("synth")
+    again = RunDirectory.open(resolve(first.uri, storage))
+    assert again.phases() == {"synth": {"seconds": 2.0, "note": "x"}} and again.finished("synth")
+    assert again.saved_settings() == {"synth": {"patients": 3}}
+    assert second.phases() == {}
+    with pytest.raises(P2MedError, match=r"holds no settings\.yaml"):
+        second.saved_settings()
 
 
 def test_resuming_what_is_not_a_run_is_refused(tmp_path):

@@ -22,6 +22,15 @@ class StageSettings(Config):
     """Peak learning rate (after warm-up, then cosine decay to 10%)."""
     warmup_steps: int = Field(10, ge=0)
     """Steps of linear warm-up to the peak learning rate."""
+    micro_batches: int = Field(1, ge=1)
+    """Each batch's rows, sorted by length, go through the model in this many groups,
+    each padded only to its own longest row; their losses add up to the batch's, so the
+    gradient is the same. The tiny set's stage-3 rows run from ~60 to 384 tokens: 4
+    groups of 2 rows pad to 1,406 positions per batch of 8 instead of 2,221; stage 2's
+    captions are of similar length, and its trained vision encoder runs slower on
+    smaller groups. Batches stay random: making batches of similar lengths instead (as
+    transformers' `group_by_length`) made them batches of similar labels (a report grows
+    with its findings), and the finding head read bench X-rays at 0.84 instead of 0.93."""
 
 
 class AlignmentStageSettings(StageSettings):
@@ -145,14 +154,6 @@ class DataSettings(Config):
     """Stage-3 task mixing."""
     shuffle_buffer: int = Field(256, ge=0)
     """Samples in each worker's local shuffle buffer (0: no shuffling)."""
-    micro_batches: int = Field(1, ge=1)
-    """Each batch's rows, sorted by length, go through the model in this many groups, each
-    padded only to its own longest row; their losses add up to the batch's, so the
-    gradient is the same. The tiny set's stage-3 rows run from ~60 to 384 tokens: 4 groups
-    of 2 rows pad to 1,406 positions per batch of 8 instead of 2,221. Batches stay random:
-    making batches of similar lengths instead (as transformers' `group_by_length`) made them
-    batches of similar labels (a report grows with its findings), and the finding head
-    read bench X-rays at 0.84 instead of 0.93."""
     materialize: bool = False
     """Encode each stage's training samples once and keep them in Ray's object store: a
     small set read for many epochs then skips re-reading and re-encoding its shards every

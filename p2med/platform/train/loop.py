@@ -117,7 +117,7 @@ def train_loop(config: dict[str, Any]) -> None:
             job.stage,
             settings.optimizer.alignment_weight,
             vision_only,
-            settings.data.micro_batches,
+            stage_settings.micro_batches,
         )
         engine.backward(loss)
         engine.step()
