@@ -39,19 +39,33 @@ REDUCED = [
     "train.stages.stage1.batch_size=2",
     "train.stages.stage2.batch_size=2",
     "train.stages.stage3.batch_size=2",
-    "train.checkpoint.every_steps=2",
+    "train.checkpoint.every_steps=4",
     "train.checkpoint.val_batches=1",
     "eval.benchmark.samples=12",
     "eval.inference.max_new_tokens=16",
     "eval.inference.replicas=1",
 ]
 
+DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
 
 class Quickstart:
     """`p2med quickstart` in a child process whose console lines are read as they come."""
 
     def __init__(self, *args: str, env: dict[str, str]) -> None:
-        command = [str(Path(sys.executable).with_name("p2med")), "quickstart", *args]
+        # SIGINT handled as in a terminal: a test run started in the background of a script
+        # ignores SIGINT, and a child inherits that (exec resets handled signals, not ignored ones)
+        command = [
+            sys.executable,
+            "-c",
+            DEFAULT_SIGINT,
+            str(Path(sys.executable).with_name("p2med")),
+            "quickstart",
+            *args,
+        ]
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -94,7 +108,7 @@ def test_a_reduced_quickstart_is_interrupted_resumed_evaluated_and_served(tmp_pa
     run_dir = Path(run_line.split("run directory", 1)[1].strip())
     assert run_dir.parent == root
     first.wait_for("train: stage 2 on", timeout=600)
-    assert first.stop() == 130
+    assert first.stop() == 130, first.output()[-6000:]
     assert f"continue with: p2med quickstart resume={run_dir}" in first.output()
     phases = json.loads((run_dir / "phases.json").read_text())
     assert list(phases) == ["synth", "ingest"]

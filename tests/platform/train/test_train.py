@@ -1,6 +1,6 @@
 """Three-stage training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2):
-end to end on local disk and on the local S3 server, worker-kill recovery, resume, and the
-bad inputs it must refuse clearly."""
+end to end on the local S3 server (on local disk: the quickstart test), metrics,
+worker-kill recovery, resume, and the bad inputs it must refuse clearly."""
 
 from __future__ import annotations
 
@@ -101,28 +101,24 @@ def metric_steps(run: Path, name: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def local_run(shards, tmp_path_factory) -> Path:
-    """All three stages trained once on local disk, for the tests that read a finished run."""
+def stage1_run(shards, tmp_path_factory) -> Path:
+    """Stage 1 trained once on local disk (checkpoints at steps 2 and 4), for the tests that
+    start from a finished stage. The three stages on local disk run in the quickstart test."""
     run = tmp_path_factory.mktemp("local-run") / "run"
-    summary = train(resolve(str(shards)), resolve(str(run)), settings(stages=MIXED), [1, 2, 3], resume=False)
-    assert [r.stage for r in summary.stages] == [1, 2, 3]
+    summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1], resume=False)
+    assert [r.stage for r in summary.stages] == [1]
     return run
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_three_stages_end_to_end(shards, where, request):
-    if where == "local":
-        output = resolve(str(request.getfixturevalue("local_run")))
-    else:
-        bucket, storage = request.getfixturevalue("bucket"), request.getfixturevalue("s3_storage")
-        resolve(f"s3://{bucket}", storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
-        output = resolve(f"s3://{bucket}/runs/r1", storage)
-        shards_at = resolve(f"s3://{bucket}/shards", storage)
-        # this run also holds each stage's training data in memory (tiny.yaml does)
-        in_memory = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
-        summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [1, 2, 3], resume=False)
-        assert [r.stage for r in summary.stages] == [1, 2, 3]
+def test_three_stages_end_to_end_on_s3(shards, bucket, s3_storage):
+    resolve(f"s3://{bucket}", s3_storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
+    output = resolve(f"s3://{bucket}/runs/r1", s3_storage)
+    shards_at = resolve(f"s3://{bucket}/shards", s3_storage)
+    # this run also holds each stage's training data in memory (tiny.yaml does)
+    in_memory = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
+    summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [1, 2, 3], resume=False)
+    assert [r.stage for r in summary.stages] == [1, 2, 3]
 
     for stage in (1, 2, 3):
         folder = output.join(f"stage{stage}")
@@ -143,19 +139,21 @@ def test_three_stages_end_to_end(shards, where, request):
     assert isinstance(
         generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
     )
-    if where == "local":
-        runs = mlflow_runs(Path(output.uri) / "mlruns")
-        assert len(runs) == 3
-        for run in runs:
-            for name in ("loss", "val_loss", "lr", "tokens_per_s", "samples_per_s"):
-                assert (run / "metrics" / name).exists(), name
-    else:
-        assert output.join("mlruns", "stage3").exists()
+    assert output.join("mlruns", "stage3").exists()
 
 
-def test_tiny_reads_its_image_sizes_from_the_shards(local_run):
+def test_a_stage_tracks_its_metrics_in_mlflow(stage1_run):
+    runs = mlflow_runs(stage1_run / "mlruns")
+    assert len(runs) == 1
+    for name in ("loss", "val_loss", "lr", "tokens_per_s", "samples_per_s"):
+        assert (runs[0] / "metrics" / name).exists(), name
+    assert sorted(metric_steps(runs[0], "loss")) == [1, 2, 3, 4]
+    assert sorted(metric_steps(runs[0], "val_loss")) == [2, 4]
+
+
+def test_tiny_reads_its_image_sizes_from_the_shards(stage1_run):
     """The model's vision input sizes follow the ingest (64 px X-rays, 8 x 32 x 32 CTs)."""
-    model, _ = load_model(str(local_run / "stage1" / "model"))
+    model, _ = load_model(str(stage1_run / "stage1" / "model"))
     vision = model.config.vision
     assert (vision.xray_size, vision.ct_slices, vision.ct_size) == (64, 8, 32)
     assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
@@ -174,9 +172,9 @@ def poisoned_copy(shards: Path, target: Path) -> Path:
     return target
 
 
-def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(shards, local_run, tmp_path):
+def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(shards, stage1_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(local_run / "stage1" / "model", run / "stage1" / "model")
+    shutil.copytree(stage1_run / "stage1" / "model", run / "stage1" / "model")
     output = resolve(str(run))
     train(resolve(str(shards)), output, settings(steps=2), [2], resume=False)  # a good checkpoint at step 2
     shutil.rmtree(run / "stage2" / "model")  # as if stopped there
@@ -226,9 +224,9 @@ def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(s
     assert max(steps) == 10 and steps.count(1) == 1  # it went on, it did not start over
 
 
-def test_resume_continues_from_the_latest_checkpoint(shards, tmp_path):
+def test_resume_continues_from_the_latest_checkpoint(shards, stage1_run, tmp_path):
     output = resolve(str(tmp_path / "run"))
-    train(resolve(str(shards)), output, settings(steps=4), [1], resume=False)
+    shutil.copytree(stage1_run, tmp_path / "run")  # 4 steps of settings(): checkpoints at 2 and 4
     shutil.rmtree(tmp_path / "run/stage1/model")  # as if the run had stopped before its end
     train(resolve(str(shards)), output, settings(steps=6), [1], resume=True)
 
