@@ -19,7 +19,7 @@ from p2med.platform.config import load_config, validate
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.data.ingest_config import IngestConfig
 from p2med.platform.data.synth import SynthConfig
-from p2med.platform.eval.settings import EvalSettings
+from p2med.platform.eval.settings import EvalSettings, InferenceConfig
 from p2med.platform.storage import StorageConfig
 from p2med.platform.train.config import TrainSettings
 from p2med.serve_apps.settings import ServeSettings
@@ -61,7 +61,8 @@ class Config(BaseConfig):
     key for this run, never stored (its pseudonyms cannot be recomputed)."""
     train: TrainSettings = Field(default_factory=_tiny_training)
     """Three-stage training; the defaults are train/tiny.yaml."""
-    eval: EvalSettings = EvalSettings()
+    # two one-CPU actors: generation is one torch thread per actor, and training is done
+    eval: EvalSettings = EvalSettings(inference=InferenceConfig(replicas=2))
     """The benchmark, its controls and inference."""
     serving: ServeSettings = ServeSettings()
     """The API and the demo (`model` is the run's stage-3 model). No api_keys and no

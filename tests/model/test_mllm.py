@@ -13,10 +13,38 @@ from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, s
 
 def test_forward_on_a_mixed_batch(model, tokenizer):
     ids, mask = right_padded(tokenizer, MIXED_TEXTS)
-    out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images())
+    out = model(ids, mask, images=mixed_images())
     length = expanded_length(ids, model.image_token_id, model.image_slots)
-    assert out.logits.shape == (4, length, model.llm.config.vocab_size)
-    assert torch.isfinite(out.loss)
+    assert out.logits.shape == (4, length, model.llm.config.vocab_size) and out.loss is None
+    trained = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images())
+    assert torch.isfinite(trained.loss) and trained.logits is None
+
+
+def test_the_loss_is_the_llms_own_next_token_loss(model, tokenizer):
+    """The LM head runs on the labelled positions alone; the loss is what the LLM computes
+    from the logits of every position."""
+    ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    labels[:, :3] = IGNORE_INDEX  # a prompt that is no target
+    model.eval()
+    x = model.embed(ids, mask, labels, mixed_images())
+    full = model.llm(
+        inputs_embeds=x.inputs_embeds,
+        attention_mask=x.attention_mask,
+        position_ids=x.position_ids,
+        labels=x.labels,
+        use_cache=False,
+    ).loss
+    torch.testing.assert_close(model(ids, mask, labels, mixed_images()).loss, full)
+
+
+def test_a_batch_without_targets_gives_a_zero_that_reaches_the_llm(model, tokenizer):
+    ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+    model.zero_grad()
+    loss = model(ids, mask, torch.full_like(ids, IGNORE_INDEX), mixed_images()).loss
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.llm.parameters() if p.requires_grad)
 
 
 def test_each_placeholder_holds_its_images_latents_in_reading_order(model, tokenizer):

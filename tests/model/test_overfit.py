@@ -85,7 +85,7 @@ def trained_accuracy(tokenizer, pixels: torch.Tensor, lobes: list[str]) -> float
                 print(f"stage {stage} step {step + 1}: loss {loss.item():.3f}")
     model.eval()
     with torch.no_grad():
-        predicted = model(ids, mask, labels, images).logits[:, :-1].argmax(-1)
+        predicted = model(ids, mask, images=images).logits[:, :-1].argmax(-1)
     targets = model.embed(ids, mask, labels, images).labels[:, 1:]
     answer = targets != IGNORE_INDEX
     correct = [torch.equal(predicted[i][answer[i]], targets[i][answer[i]]) for i in range(len(lobes))]
