@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -59,6 +60,10 @@ class StageJob:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: config = {"job": StageJob}."""
     job: StageJob = config["job"]
+    # DeepSpeed's ZeRO-2 gathers with a call torch 2.13 deprecates: a console line every step
+    warnings.filterwarnings(
+        "ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning
+    )
     context = ray.train.get_context()
     rank = context.get_world_rank()
     settings, stage_settings = job.settings, job.settings.stages.of(job.stage)
@@ -122,6 +127,7 @@ def train_loop(config: dict[str, Any]) -> None:
         engine.backward(loss)
         engine.step()
         step += 1
+        loss = loss.detach()  # a number to report from here on
         if not _finite_everywhere(loss):
             if rank == 0:
                 stage_dir.join(NAN_MARKER).write_text(json.dumps({"step": step, "loss": float(loss)}) + "\n")

@@ -87,7 +87,7 @@ def test_micro_batches_give_the_whole_batchs_loss_and_gradient(stage):
         model.zero_grad()
         loss = stage_loss(model, batch, stage, alignment_weight=1.0, micro_batches=micro_batches)
         loss.backward()
-        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     whole, whole_grads = loss_and_grads(1)
     micro, micro_grads = loss_and_grads(3)
