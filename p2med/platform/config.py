@@ -137,9 +137,23 @@ def read_config_file(name: str) -> dict[str, Any]:
 
 def load_config(cls: type[C], file: str | None = None, overrides: list[str] | None = None) -> C:
     """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`."""
-    data = read_config_file(file) if file else {}
+    data = merge(nested_defaults(cls), read_config_file(file) if file else {})
     data = merge(data, parse_overrides(overrides or [], cls))
     return validate(cls, data)
+
+
+def nested_defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of `cls`'s nested-config fields, as dicts. A file or an override that
+    sets one key of such a field then changes that key of the field's default; without
+    them pydantic would build the field from its class's defaults (quickstart's
+    `train.stages.stage3.steps=100` would drop all of `train/tiny.yaml`)."""
+    defaults = {}
+    for name, field in cls.model_fields.items():
+        if not field.is_required():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                defaults[name] = default.model_dump()
+    return defaults
 
 
 def validate(cls: type[C], data: dict[str, Any]) -> C:

@@ -51,6 +51,20 @@ def test_nested_defaults_in_help_are_those_the_job_uses():
     assert rows["serve"].endswith("default True")
 
 
+def test_an_override_keeps_the_rest_of_the_jobs_nested_defaults():
+    from p2med.cli import job_config
+    from p2med.jobs import quickstart
+
+    args = ["train.stages.stage3.steps=5", "synth.patients=50", "eval.benchmark.samples=30"]
+    config = job_config(quickstart, "quickstart", args)
+    default = quickstart.Config()
+    assert config.train.stages.stage3.steps == 5 and config.synth.patients == 50
+    assert config.train.model_copy(update={"stages": default.train.stages}) == default.train  # tiny.yaml
+    assert config.train.stages.stage1 == default.train.stages.stage1
+    assert config.synth.model_copy(update={"patients": 600}) == default.synth
+    assert config.eval.inference == default.eval.inference
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -100,6 +100,19 @@ def test_missing_and_broken_files(tmp_path):
         load_config(Outer, str(listing))
 
 
+def test_an_override_changes_one_key_of_a_nested_default(tmp_path):
+    class Parent(Config):
+        outer: Outer = Outer(name="parent's", inner=Inner(rate=0.9))
+        """A nested default that differs from its class's."""
+
+    assert load_config(Parent, overrides=["outer.count=7"]).outer == Outer(
+        name="parent's", count=7, inner=Inner(rate=0.9)
+    )
+    (tmp_path / "c.yaml").write_text("outer:\n  inner:\n    rate: 0.1\n")
+    loaded = load_config(Parent, str(tmp_path / "c.yaml"), ["outer.name=y"])
+    assert loaded.outer == Outer(name="y", inner=Inner(rate=0.1))
+
+
 def test_describe_fields_expands_nested_configs():
     rows = {key: (typ, default, doc) for key, typ, default, doc in describe_fields(Outer)}
     assert rows["count"] == ("int, > 0", "3", "How many.")
