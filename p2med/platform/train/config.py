@@ -155,10 +155,11 @@ class DataSettings(Config):
     shuffle_buffer: int = Field(256, ge=0)
     """Samples in each worker's local shuffle buffer (0: no shuffling)."""
     materialize: bool = False
-    """Encode each stage's training samples once and keep them in Ray's object store: a
-    small set read for many epochs then skips re-reading and re-encoding its shards every
-    epoch (a restart of the streaming pipeline cost ~4 s on 2 cores; stage 2 of a
-    200-patient set has 13 steps per epoch). Only for sets that fit in memory."""
+    """Encode each stage's training and validation samples once and keep them in Ray's
+    object store: a small set read for many epochs then skips re-reading and re-encoding
+    its shards every epoch (a restart of the streaming pipeline cost ~4 s on 2 cores; stage
+    2 of a 200-patient set has 13 steps per epoch), and the ranks' validation passes share
+    one read. Only for sets that fit in memory."""
 
 
 class TrainSettings(Config):
