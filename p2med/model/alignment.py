@@ -31,7 +31,14 @@ class FindingHead(nn.Module):
     which the LLM reads as it reads words: slot k = identity_k + p_k * presence_k. The
     slots made the reports follow the head (agreement on bench X-ray findings 0.71 -> 0.92);
     the added verdict alone, even at the latents' own scale, did not. Training starts
-    presence_k at the embedding of finding k's words (`ground_slots`)."""
+    presence_k at the embedding of finding k's words (`ground_slots`).
+
+    The verdict the LLM reads is the head's decision, p_k = 1 if its probability is above
+    0.5 else 0, with the probability's gradient (straight-through). With the probability
+    itself the LLM learned on training images, where the head is sure (p near 0 or 1), and
+    on new images read a hesitant p = 0.2 as "present": a quickstart model wrote
+    interstitial opacities into 13 of 18 bench bronchiolitis reports whose head said no
+    (findings F1 on bench X-ray reports 0.897 with probabilities, 0.924 with decisions)."""
 
     def __init__(self, latents: int, width: int, labels: int) -> None:
         super().__init__()
@@ -55,8 +62,9 @@ class FindingHead(nn.Module):
         latents plus the embedded verdict, then the K verdict slots. The LLM's loss reaches
         the head through the verdict too (stage 3 tunes it that way)."""
         probs = torch.sigmoid(self(latents))  # (P, K)
-        slots = self.identity + probs[..., None] * self.presence  # (P, K, D)
-        return torch.cat([latents + self.hint(probs)[:, None, :], slots.to(latents.dtype)], 1)
+        verdict = (probs > 0.5).to(probs.dtype) + probs - probs.detach()  # 0/1, d/dp = 1
+        slots = self.identity + verdict[..., None] * self.presence  # (P, K, D)
+        return torch.cat([latents + self.hint(verdict)[:, None, :], slots.to(latents.dtype)], 1)
 
     @torch.no_grad()
     def ground_slots(self, words: torch.Tensor) -> None:
