@@ -28,25 +28,30 @@ class FindingHead(nn.Module):
     report generation (PromptMRG; Jin et al. 2024): the latents carry the findings, but an
     LLM learns to read "which latent lit up" slowly. Two forms: the K-dim verdict embedded
     and added to every latent, and K verdict slots after the latents, one per finding,
-    which the LLM reads as it reads words: slot k = identity_k + p_k * presence_k. The
+    which the LLM reads as it reads words: slot k = v_k * (identity_k + presence_k). The
     slots made the reports follow the head (agreement on bench X-ray findings 0.71 -> 0.92);
     the added verdict alone, even at the latents' own scale, did not. Training starts
     presence_k at the embedding of finding k's words (`ground_slots`).
 
-    The verdict the LLM reads is the head's decision, p_k = 1 if its probability is above
-    0.5 else 0, with the probability's gradient (straight-through). With the probability
-    itself the LLM learned on training images, where the head is sure (p near 0 or 1), and
-    on new images read a hesitant p = 0.2 as "present": a quickstart model wrote
-    interstitial opacities into 13 of 18 bench bronchiolitis reports whose head said no
-    (findings F1 on bench X-ray reports 0.897 with probabilities, 0.924 with decisions)."""
+    v_k is the head's decision, 1 if its probability is above 0.5 else 0, with the
+    probability's gradient (straight-through). With the probability itself the LLM learned
+    on training images, where the head is sure (p near 0 or 1), and on new images read a
+    hesitant p = 0.2 as "present": a quickstart model wrote interstitial opacities into 13
+    of 18 bench bronchiolitis reports whose head said no (findings F1 on bench X-ray
+    reports 0.897 with probabilities, 0.924 with decisions). The slots of findings the head
+    does not see are blank (zero), so the LLM reads only those it does see; with
+    identity_k there (slot = identity_k + v_k * presence_k) a seen finding differed from an
+    unseen one by a fraction of its vector, and the LLM wrote the neighbouring lobe or
+    dropped a second finding (reports agreeing with the head on 92 of 107 bench X-rays;
+    100 of 107 with blank slots, quickstart findings F1 0.830 -> 0.891 on the same split)."""
 
     def __init__(self, latents: int, width: int, labels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.classify = nn.Linear(latents * width, labels)
         self.hint = nn.Linear(labels, width)
-        # one verdict slot per finding after the latents: which finding (identity) and
-        # whether the head sees it (presence, scaled by its probability)
+        # one verdict slot per finding after the latents: which finding (identity) and how
+        # the report names it (presence), blank where the head does not see it
         self.identity = nn.Parameter(torch.randn(labels, width) * 0.02)
         self.presence = nn.Parameter(torch.randn(labels, width) * 0.02)
         # zero at init: the hint starts silent and the LLM's loss grows it
@@ -63,7 +68,7 @@ class FindingHead(nn.Module):
         the head through the verdict too (stage 3 tunes it that way)."""
         probs = torch.sigmoid(self(latents))  # (P, K)
         verdict = (probs > 0.5).to(probs.dtype) + probs - probs.detach()  # 0/1, d/dp = 1
-        slots = self.identity + verdict[..., None] * self.presence  # (P, K, D)
+        slots = verdict[..., None] * (self.identity + self.presence)  # (P, K, D)
         return torch.cat([latents + self.hint(verdict)[:, None, :], slots.to(latents.dtype)], 1)
 
     @torch.no_grad()

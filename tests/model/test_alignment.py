@@ -62,9 +62,9 @@ def test_the_head_reads_every_latent_position():
 
 def test_the_verdict_reaches_the_llm_through_the_hint_and_the_slots():
     """The added hint starts silent and then adds the same embedded verdict to every latent
-    of an image; after the latents come K slots, slot k = identity_k + v_k * presence_k,
-    where v_k is the head's decision (probability above 0.5); the LLM's gradient reaches
-    the classifier through both."""
+    of an image; after the latents come K slots, slot k = v_k * (identity_k + presence_k),
+    where v_k is the head's decision (probability above 0.5): blank for the findings it
+    does not see. The LLM's gradient reaches the classifier through both."""
     torch.manual_seed(0)
     head = FindingHead(latents=4, width=8, labels=3)
     latents = torch.randn(2, 4, 8)
@@ -73,8 +73,9 @@ def test_the_verdict_reaches_the_llm_through_the_hint_and_the_slots():
     assert 0 < decided.sum() < decided.numel()  # both decisions occur
     read = head.hinted(latents)
     assert read.shape == (2, 4 + 3, 8) and torch.equal(read[:, :4], latents)
-    slots = head.identity + decided[..., None] * head.presence
+    slots = decided[..., None] * (head.identity + head.presence)
     assert torch.allclose(read[:, 4:], slots, atol=1e-6)
+    assert torch.equal(read[:, 4:][decided == 0], torch.zeros(int((decided == 0).sum()), 8))
     assert not torch.allclose(read[0, 4:], read[1, 4:])  # each image its own verdict
     torch.nn.init.normal_(head.hint.weight)
     added = head.hinted(latents)[:, :4] - latents
