@@ -46,8 +46,8 @@ def test_job_help_lists_keys_types_and_defaults():
 def test_nested_defaults_in_help_are_those_the_job_uses():
     out = p2med("quickstart", "--help").stdout  # its synth and training differ from synth's and train's own
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "default" in line}
-    assert rows["synth.patients"].endswith("default 600")
-    assert rows["train.stages.stage3.steps"].endswith("default 250")  # train/tiny.yaml
+    assert rows["synth.patients"].endswith("default 1200")
+    assert rows["train.stages.stage3.steps"].endswith("default 200")  # train/tiny.yaml
     assert rows["serve"].endswith("default True")
 
 
@@ -61,7 +61,7 @@ def test_an_override_keeps_the_rest_of_the_jobs_nested_defaults():
     assert config.train.stages.stage3.steps == 5 and config.synth.patients == 50
     assert config.train.model_copy(update={"stages": default.train.stages}) == default.train  # tiny.yaml
     assert config.train.stages.stage1 == default.train.stages.stage1
-    assert config.synth.model_copy(update={"patients": 600}) == default.synth
+    assert config.synth.model_copy(update={"patients": 1200}) == default.synth
     assert config.eval.inference == default.eval.inference
 
 
