@@ -13,8 +13,8 @@ configured open. Every refusal is a JSON error `{"error": {"message", "type", "c
 4xx for the client's mistakes, 503 with Retry-After when the app is at capacity. Nothing
 of a request's content (text, image bytes, headers) is logged.
 
-Each image goes to the VisionEncoder; its un-awaited response is passed straight on to
-the LLM call, so Serve hands the encoding from one deployment to the next.
+Each image goes to the VisionEncoder; its response, once finished, is passed on to the
+LLM call, so Serve hands the encoding from one deployment to the next (by reference).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' types
@@ -34,8 +34,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -180,8 +181,10 @@ def _client_call(fn, *args):
 
 
 def _as_api_error(exc: Exception) -> Exception:
-    """The answer to a failed deployment call: 400 for a ClientError and 503 for backpressure,
-    also when Ray wrapped them on their way through the chain; else `exc` itself (500)."""
+    """The answer to a failed deployment call: 400 for a ClientError; 503 with Retry-After for
+    backpressure and for a replica that died while it held the request (Serve starts a
+    new one; a retry goes to a live replica), also when Ray wrapped them on their way
+    through the chain; else `exc` itself (500)."""
     seen: BaseException | None = exc
     while seen is not None:
         wrapped = getattr(seen, "cause", None)  # a RayTaskError: its message holds a traceback
@@ -191,6 +194,9 @@ def _as_api_error(exc: Exception) -> Exception:
         if isinstance(seen, BackPressureError):
             busy = "the server is at capacity; retry shortly"
             return ApiError(503, busy, "overloaded", **{"Retry-After": RETRY_AFTER_S})
+        if isinstance(seen, RayActorError):
+            gone = "the model replica answering this request stopped; retry shortly"
+            return ApiError(503, gone, "replica_unavailable", **{"Retry-After": RETRY_AFTER_S})
         if isinstance(seen, ClientError):
             return ApiError(400, str(seen).strip())
         seen = seen.__cause__
@@ -336,10 +342,22 @@ class Ingress:
             sampling = {"temperature": chat.temperature, "top_p": chat.top_p, "seed": chat.seed}
         return Completion(prompt, max_tokens or self.settings.default_max_tokens, **sampling)
 
+    async def _encodings(self, uploads: list[list[bytes]]) -> list[DeploymentResponse]:
+        """Each upload's VisionEncoder response, finished, to pass on to the LLM.
+
+        Serve checks a deployment's queue limit when it is called, before the call's
+        arguments resolve: an LLM call chained onto encodings still running passed that
+        check with every other such call, and a full LLM queued them all (no 503). Called
+        once the encodings are ready, a full LLM refuses at once."""
+        encodings = [self.vision.encode.remote(files) for files in uploads]
+        for encoding in encodings:
+            await encoding
+        return encodings
+
     async def _complete(self, completion: Completion, uploads: list[list[bytes]]) -> str:
         """The completion's text in one reply from the LLM."""
-        encodings = [self.vision.encode.remote(files) for files in uploads]
         try:
+            encodings = await self._encodings(uploads)
             return await self.llm.complete.remote(completion, *encodings)
         except Exception as exc:
             raise _as_api_error(exc) from None
@@ -347,9 +365,8 @@ class Ingress:
     async def _stream(self, completion: Completion, uploads: list[list[bytes]]) -> AsyncIterator[str]:
         """The completion's text pieces; the first is awaited here, so that a bad upload or
         prompt, or a full app, is answered with its status before any streaming starts."""
-        encodings = [self.vision.encode.remote(files) for files in uploads]
-        pieces = self.llm_stream.stream.remote(completion, *encodings)
         try:
+            pieces = self.llm_stream.stream.remote(completion, *await self._encodings(uploads))
             first = await pieces.__anext__()
         except StopAsyncIteration:
             first = ""

@@ -1,0 +1,193 @@
+"""The serving app under load, on a real local Ray Serve over real HTTP: a full app answers
+503 with Retry-After instead of queueing without bound; the replicas' memory stays flat
+across 1,000 requests; a killed LLM replica loses only the requests it held, and Serve
+replaces it by itself while the other replica answers.
+
+Each test deploys its own app next to the session's (`base_url`), under its own route
+prefix on the same proxy, and deletes it after: the session's app keeps its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import psutil
+import ray
+from ray import serve
+
+from p2med.serve_apps.app import build_app
+from p2med.serve_apps.settings import ServeSettings
+from tests.serve_apps.conftest import KEY
+from tests.serve_apps.test_api import data_uri, png
+
+CLIENTS = 16
+
+
+@dataclass(frozen=True)
+class Answer:
+    started: float  # time.monotonic() when the request was sent
+    status: int
+    body: dict
+
+
+def body(max_tokens: int = 4) -> dict:
+    image = {"type": "image_url", "image_url": {"url": data_uri(png(64))}}
+    content = [image, {"type": "text", "text": "Write the report."}]
+    return {"model": "p2med", "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]}
+
+
+@contextmanager
+def deployed(base_url: str, name: str, settings: ServeSettings) -> Iterator[str]:
+    """The app with `settings` as Serve application `name` at /`name`; its base URL."""
+    serve.run(build_app(settings), name=name, route_prefix=f"/{name}")
+    try:
+        yield f"{base_url}/{name}"
+    finally:
+        serve.delete(name)
+
+
+def replicas(app: str, deployment: str) -> list[dict]:
+    """The running replicas of a deployment, as Serve's controller reports them (pid, state...)."""
+    controller = serve.context._get_global_client()._controller
+    details = ray.get(controller.get_serve_instance_details.remote())
+    found = details["applications"][app]["deployments"][deployment]["replicas"]
+    return [r for r in found if r["state"] == "RUNNING"]
+
+
+def load(url: str, requests: int | None = None, seconds: float | None = None) -> list[Answer]:
+    """Chat requests from CLIENTS threads, each sending its next when the last is answered,
+    until `requests` are sent or `seconds` have passed."""
+    answers: list[Answer] = []
+    lock = threading.Lock()
+    left = [requests if requests is not None else -1]
+    until = time.monotonic() + seconds if seconds is not None else float("inf")
+    payload = body()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
+            while time.monotonic() < until:
+                with lock:
+                    if left[0] == 0:
+                        return
+                    left[0] -= 1
+                started = time.monotonic()
+                response = http.post("/v1/chat/completions", json=payload)
+                with lock:
+                    answers.append(Answer(started, response.status_code, response.json()))
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def statuses(answers: list[Answer]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for answer in answers:
+        counts[answer.status] = counts.get(answer.status, 0) + 1
+    return counts
+
+
+def test_a_full_app_answers_503_with_retry_after(base_url, settings):
+    """One LLM replica taking one request with one more waiting: of 16 long ones at once,
+    the rest are refused at once with 503 and Retry-After, and nothing else fails."""
+    llm = settings.llm.model_copy(
+        update={"min_replicas": 1, "max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    )
+    full = settings.model_copy(update={"llm": llm, "demo": False, "max_tokens_limit": 256})
+    with deployed(base_url, "backpressure", full) as url:
+        payload = body(max_tokens=256)  # long enough that all 16 arrive while one is served
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
+            assert http.post("/v1/chat/completions", json=payload).status_code == 200  # replicas up
+            results: list[httpx.Response] = []
+
+            def send() -> None:
+                results.append(http.post("/v1/chat/completions", json=payload))
+
+            threads = [threading.Thread(target=send) for _ in range(CLIENTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    refused = [r for r in results if r.status_code == 503]
+    assert {r.status_code for r in results} == {200, 503}, [r.text for r in results]
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    assert all("at capacity" in r.json()["error"]["message"] for r in refused)
+
+
+def two_llm_replicas(settings: ServeSettings) -> ServeSettings:
+    """Two fixed LLM replicas (one keeps answering while the other is replaced) and one of
+    each other deployment: the session's app and this one fit the tests' 2 CPUs."""
+    llm = settings.llm.model_copy(update={"min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": 4})
+    vision = settings.vision.model_copy(update={"min_replicas": 1, "max_replicas": 1})
+    return settings.model_copy(update={"llm": llm, "vision": vision, "demo": False})
+
+
+def rss_mib(pids: list[int]) -> list[float]:
+    return [psutil.Process(pid).memory_info().rss / 2**20 for pid in pids]
+
+
+def test_memory_stays_flat_across_1000_requests(base_url, settings):
+    """Each replica's resident memory after 1,000 more requests, against after a warm-up of
+    400 (batches of every size seen, buffers filled; the first 200 add ~17 MiB over the
+    four). A process that kept one image encoding per request (40 x 256 float32, 40 KiB)
+    would grow ~40 MiB; allow 12 MiB a process of allocator noise (seen: 2-5 MiB)."""
+    with deployed(base_url, "memory", two_llm_replicas(settings)) as url:
+        named = [(d, r["pid"]) for d in ("Ingress", "VisionEncoder", "LLM") for r in replicas("memory", d)]
+        assert len(named) == 4
+        warm = load(url, requests=400)
+        before = rss_mib([pid for _, pid in named])
+        answers = load(url, requests=1000)
+        after = rss_mib([pid for _, pid in named])
+    assert statuses(warm) == {200: 400} and statuses(answers) == {200: 1000}
+    grown = {f"{name} {pid}": round(b - a, 1) for (name, pid), a, b in zip(named, before, after, strict=True)}
+    print(f"replica memory growth over 1,000 requests (MiB): {grown}")
+    assert max(grown.values()) < 12, grown
+
+
+def test_a_killed_llm_replica_loses_only_its_requests_and_is_replaced(base_url, settings):
+    """60 s of load from 16 clients; after 10 s one LLM replica's process is killed. The
+    requests it held fail with 503 (retry) and no others do; nothing answers another 5xx;
+    the other replica goes on answering, and Serve starts a replacement by itself."""
+    llm_limit = 4  # two_llm_replicas: max_ongoing_requests per LLM replica
+    with deployed(base_url, "reliability", two_llm_replicas(settings)) as url:
+        victim = replicas("reliability", "LLM")[0]["pid"]
+        killed: list[float] = []
+
+        def kill_after(seconds: float) -> None:
+            time.sleep(seconds)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+        killer = threading.Thread(target=kill_after, args=(10.0,))
+        killer.start()
+        answers = load(url, seconds=60.0)
+        killer.join()
+        deadline = time.monotonic() + 60
+        while len(running := replicas("reliability", "LLM")) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        pids = {r["pid"] for r in running}
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
+            after = http.post("/v1/chat/completions", json=body())
+
+    failed = [a for a in answers if a.status != 200]
+    print(f"{len(answers)} requests in 60 s; {len(failed)} held by the killed replica failed")
+    assert len(pids) == 2 and victim not in pids, "Serve did not replace the killed replica"
+    assert after.status_code == 200, after.text
+    assert {a.status for a in failed} <= {503}, statuses(answers)
+    assert all("replica answering this request stopped" in a.body["error"]["message"] for a in failed)
+    # Only requests in flight when the replica died: sent before the kill, at most as many
+    # as one replica takes at once.
+    assert all(a.started < killed[0] for a in failed)
+    assert len(failed) <= llm_limit
+    served_after_kill = [a for a in answers if a.started > killed[0] and a.status == 200]
+    assert len(served_after_kill) > CLIENTS, "the surviving replica did not go on answering"
