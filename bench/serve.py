@@ -46,7 +46,7 @@ from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.server import APP_NAME
-from p2med.serve_apps.settings import BatchSettings, ModelDeploymentSettings, ServeSettings
+from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
 from p2med.serve_apps.uploads import decode_upload
 
 KEY, PORT, TEXT = "bench", 8431, "Write the report."
@@ -81,9 +81,15 @@ def chat_body(png: bytes, max_tokens: int) -> dict:
 
 
 def deploy(model: str, batch: int) -> str:
-    batching = BatchSettings(max_batch_size=batch, batch_wait_timeout_s=0.01)
-    replica = ModelDeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, batch=batching)
-    settings = ServeSettings(model=model, api_keys=[KEY], demo=False, vision=replica, llm=replica, port=PORT)
+    """The app with batches of up to `batch` requests and the default batch waits."""
+    defaults = ServeSettings(model=model)
+
+    def replica(deployment: ModelDeploymentSettings) -> ModelDeploymentSettings:
+        batching = deployment.batch.model_copy(update={"max_batch_size": batch})
+        return ModelDeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, batch=batching)
+
+    vision, llm = replica(defaults.vision), replica(defaults.llm)
+    settings = ServeSettings(model=model, api_keys=[KEY], demo=False, vision=vision, llm=llm, port=PORT)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{PORT}"
 

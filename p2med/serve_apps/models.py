@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -84,6 +85,23 @@ class VisionEncoder:
         return list(self.model.encode_images(images).float().cpu().numpy())
 
 
+# Decode steps run back to back in the worker thread for this long before their text goes
+# out: one event-loop round trip per step cost ~1.2 ms of a 4 ms step at batch 1 (bench/serve.py)
+STEP_WINDOW_S = 0.025
+
+
+def _next_steps(steps: Iterator[list[str | None]], seconds: float) -> list[list[str | None]]:
+    """The next decode steps of a batch (each: the text deltas of its rows), as many as run
+    in `seconds` and at least one; [] once every row has stopped."""
+    until = time.perf_counter() + seconds
+    chunk = []
+    for deltas in steps:  # a break leaves the generator where it is
+        chunk.append(deltas)
+        if time.perf_counter() >= until:
+            break
+    return chunk
+
+
 @dataclass(frozen=True)
 class Completion:
     """What to generate: `prompt` holds one `<image>` per encoding passed with it."""
@@ -136,28 +154,35 @@ class LLM:
     async def _generate(
         self, completions: list[Completion], encoded: list[list[np.ndarray]]
     ) -> AsyncIterator[list[str | type[StopIteration]]]:
-        """One step of every request of the batch per yield. Requests with the same sampling
-        settings decode as one batch; the groups take turns."""
+        """The new text of every request of the batch per yield: the decode steps of
+        `STEP_WINDOW_S` (see `_next_steps`). Requests with the same sampling settings
+        decode as one batch; the groups take turns. A request that stops sends its last
+        text, then StopIteration on the next yield."""
         groups: dict[tuple, list[int]] = {}
         for i, completion in enumerate(completions):
             groups.setdefault(completion.sampling(), []).append(i)
         streams = [(rows, self._stream(rows, completions, encoded)) for rows in groups.values()]
         produced = [0] * len(completions)
-        finished = [False] * len(completions)
-        while not all(finished):
-            out: list[str | type[StopIteration]] = [StopIteration if f else "" for f in finished]
+        ended = [False] * len(completions)  # no more text
+        closed = [False] * len(completions)  # StopIteration sent
+        while not all(closed):
+            out: list[str | type[StopIteration]] = [StopIteration if c else "" for c in closed]
             for rows, steps in streams:
-                if all(finished[i] for i in rows):
+                if all(ended[i] for i in rows):
                     continue
-                deltas = await asyncio.to_thread(next, steps, None)  # None: all rows stopped
-                for i, delta in zip(rows, deltas or [None] * len(rows), strict=True):
-                    if finished[i]:
-                        continue
-                    produced[i] += 1
-                    if delta is None or produced[i] > completions[i].max_tokens:
-                        finished[i], out[i] = True, StopIteration
-                    else:
-                        out[i] = delta
+                chunk = await asyncio.to_thread(_next_steps, steps, STEP_WINDOW_S)
+                for deltas in chunk or [[None] * len(rows)]:  # none: all rows stopped
+                    for i, delta in zip(rows, deltas, strict=True):
+                        if ended[i]:
+                            continue
+                        produced[i] += 1
+                        if delta is None or produced[i] > completions[i].max_tokens:
+                            ended[i] = True
+                        else:
+                            out[i] += delta
+            for i, text in enumerate(out):
+                if ended[i] and text == "":
+                    out[i], closed[i] = StopIteration, True
             yield out
 
     def _stream(

@@ -80,7 +80,9 @@ class ServeSettings(Config):
     max_tokens_limit: int = Field(1024, ge=1)
     """The most tokens one request may ask for."""
     vision: ModelDeploymentSettings = ModelDeploymentSettings()
-    llm: ModelDeploymentSettings = ModelDeploymentSettings()
+    llm: ModelDeploymentSettings = ModelDeploymentSettings(batch=BatchSettings(batch_wait_timeout_s=0.05))
+    """The LLM's batches wait 50 ms for requests: at 10 ms a batch held 1-3 of the requests
+    of 16 waiting clients on 2 cores (bench/serve.py: 10 -> 19 requests/s)."""
     ingress: ReplicaSettings = ReplicaSettings(max_ongoing_requests=64, max_queued_requests=128)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 
 import httpx
 import numpy as np
@@ -164,3 +165,28 @@ def test_each_deployment_runs_with_its_own_autoscaling_and_queue_limits(base_url
     assert llm["max_ongoing_requests"] == settings.llm.max_ongoing_requests
     assert llm["max_queued_requests"] == settings.llm.max_queued_requests
     assert llm["ray_actor_options"]["num_cpus"] == settings.llm.num_cpus
+
+
+def test_requests_decoded_in_one_batch_each_stop_at_their_own_length(client):
+    """Sent together, requests with different max_tokens share decode steps (one batch of
+    greedy rows) and each gets exactly the text it gets alone."""
+    image = {"type": "image_url", "image_url": {"url": data_uri(png())}}
+    lengths = (2, 5, 9, 16)
+
+    def ask(max_tokens: int) -> str:
+        content = [image, {"type": "text", "text": "Write the report."}]
+        messages = [{"role": "user", "content": content}]
+        body = {"model": "p2med", "max_tokens": max_tokens, "messages": messages}
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    alone = {n: ask(n) for n in lengths}
+    assert len(set(alone.values())) > 1  # the lengths tell the answers apart
+    together: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda n=n: together.update({n: ask(n)})) for n in lengths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == alone
