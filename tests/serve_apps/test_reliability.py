@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,11 +91,8 @@ def load(url: str, requests: int | None = None, seconds: float | None = None) ->
     return answers
 
 
-def statuses(answers: list[Answer]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for answer in answers:
-        counts[answer.status] = counts.get(answer.status, 0) + 1
-    return counts
+def statuses(answers: list[Answer]) -> Counter[int]:
+    return Counter(answer.status for answer in answers)
 
 
 def test_a_full_app_answers_503_with_retry_after(base_url, settings):
