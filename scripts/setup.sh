@@ -35,5 +35,16 @@ echo "setup: installing p2med and its dependencies (a few minutes on a fresh mac
 "${PIP[@]}" -c "$CONSTRAINTS" -e ".[dev]"
 "$VENV/bin/python" -m pip check
 
+# DeepSpeed compiles its CPU shared-memory op the first time a training job starts (~30 s
+# on 2 cores, in ~/.cache/torch_extensions); build it here so the first job does not wait.
+# Accelerators without the op (CUDA) return no builder.
+echo "setup: building DeepSpeed's CPU shared-memory op (once per machine)"
+"$VENV/bin/python" -c "
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder('ShareMemCommBuilder')
+if builder is not None:
+    builder.load(verbose=False)
+"
+
 echo "$(inputs_hash) torch=$TORCH_VERSION" > "$STAMP"
 echo "setup: done; activate with: source $VENV/bin/activate"
