@@ -1,7 +1,7 @@
 """Serving: requests/s at 16 concurrent clients with batching vs batching disabled; p50 and
 p99 latency at 1 and 16 clients; Serve's overhead per request vs the same model in-process.
 
-    .venv/bin/python bench/serve.py                 # a few minutes here
+    .venv/bin/python bench/serve.py                 # about 3 minutes here
     .venv/bin/python bench/serve.py --requests 32   # quicker look
 
 Setup: the `tiny` preset (random init; a tokenizer trained on the finding phrases) served by
@@ -10,11 +10,17 @@ is the same `POST /v1/chat/completions`: one 128 px PNG X-ray, "Write the report
 `max_tokens` (greedy, so every request generates the same tokens). Clients are threads
 of this process, each sending its next request when the last one is answered.
 
+This VM's speed drifts by up to a third between minutes, so each comparison is measured
+side by side: both apps (batches of 1 and of 16) are deployed at once and their 16-client
+runs alternate (`--rounds`, the median of each side counts), and every served request of
+the overhead measure is paired with the same work in-process just before it.
+
 - ratio: requests/s at 16 clients, `@serve.batch` with up to 16 requests per batch vs
   batches of 1 (target >= 3).
 - latency: p50 and p99 with batching at 1 and at 16 clients.
-- overhead: p50 at 1 client through HTTP and Serve (batching disabled: no batch wait)
-  minus the p50 of the same work in this process: decode, encode, generate (target <= 15 ms).
+- overhead: the median over pairs of (one request through HTTP and Serve, batching
+  disabled: no batch wait) minus (the same work in this process: decode, encode,
+  generate) (target <= 15 ms).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,7 +52,6 @@ from p2med.platform.data.prompts import INSTRUCTIONS
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.models import imaging_for
-from p2med.serve_apps.server import APP_NAME
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
 from p2med.serve_apps.uploads import decode_upload
 
@@ -81,17 +87,20 @@ def chat_body(png: bytes, max_tokens: int) -> dict:
 
 
 def deploy(model: str, batch: int) -> str:
-    """The app with batches of up to `batch` requests and the default batch waits."""
+    """An app with batches of up to `batch` requests and the default batch waits, at its own
+    route prefix; its base URL."""
     defaults = ServeSettings(model=model)
 
     def replica(deployment: ModelDeploymentSettings) -> ModelDeploymentSettings:
         batching = deployment.batch.model_copy(update={"max_batch_size": batch})
-        return ModelDeploymentSettings(num_cpus=0.5, max_ongoing_requests=32, batch=batching)
+        # a quarter CPU: both apps' replicas fit the 2 CPUs (each runs torch on one thread)
+        return ModelDeploymentSettings(num_cpus=0.25, max_ongoing_requests=32, batch=batching)
 
     vision, llm = replica(defaults.vision), replica(defaults.llm)
     settings = ServeSettings(model=model, api_keys=[KEY], demo=False, vision=vision, llm=llm, port=PORT)
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
-    return f"http://127.0.0.1:{PORT}"
+    name = f"bench-batch{batch}"
+    serve.run(build_app(settings), name=name, route_prefix=f"/{name}")
+    return f"http://127.0.0.1:{PORT}/{name}"
 
 
 def load(url: str, body: dict, clients: int, requests: int) -> tuple[float, list[float]]:
@@ -126,61 +135,78 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
 
-def in_process(model_dir: str, png: bytes, max_tokens: int, repeats: int) -> float:
-    """Median seconds of one request's work without Serve: decode, encode, generate."""
-    torch.set_num_threads(1)  # as a replica with under one CPU runs
+def in_process(model_dir: str, png: bytes, max_tokens: int):
+    """A function doing one request's work without Serve: decode, encode, generate."""
     model, tokenizer = load_model(model_dir, merge=True)
     imaging = imaging_for(model.config)
     settings = GenerationSettings(max_new_tokens=max_tokens)
-    times = []
-    for _ in range(repeats + 2):
-        started = time.perf_counter()
+    ids, mask = encode_prompts(tokenizer, [f"{IMAGE_TOKEN}\n{TEXT}"])
+
+    @torch.inference_mode()
+    def work() -> None:
         _, pixels = decode_upload([png], imaging, 2**20)
-        with torch.inference_mode():
-            encoded = model.encode_images(Images([["xray"]], xray=torch.from_numpy(pixels)[None]))
-        ids, mask = encode_prompts(tokenizer, [f"{IMAGE_TOKEN}\n{TEXT}"])
+        encoded = model.encode_images(Images([["xray"]], xray=torch.from_numpy(pixels)[None]))
         generate(model, tokenizer, ids, mask, encoded, settings)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[2:])
+
+    return work
+
+
+def overhead(url: str, body: dict, work: Callable[[], None], pairs: int) -> tuple[float, float, float]:
+    """Median seconds of (served - in-process) over `pairs` back-to-back pairs, and the
+    medians of each side."""
+    served, local = [], []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as http:
+        for _ in range(pairs + 2):  # the first two warm up
+            started = time.perf_counter()
+            work()
+            local.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            http.post("/v1/chat/completions", json=body).raise_for_status()
+            served.append(time.perf_counter() - started)
+    served, local = served[2:], local[2:]
+    differences = [a - b for a, b in zip(served, local, strict=True)]
+    return statistics.median(differences), statistics.median(served), statistics.median(local)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=96, help="requests per 16-client run")
+    parser.add_argument("--rounds", type=int, default=3, help="16-client runs per app, alternating")
+    parser.add_argument("--pairs", type=int, default=40, help="served/in-process pairs for the overhead")
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
+    torch.set_num_threads(1)  # in-process work runs as a replica with under one CPU does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     png = xray_png()
     body = chat_body(png, args.max_tokens)
     with tempfile.TemporaryDirectory(prefix="p2med-bench-serve-") as tmp:
         model = model_folder(Path(tmp))
-        results = {}
-        for batch in (1, 16):
-            url = deploy(model, batch)
-            load(url, body, 4, 8)  # warm up: replicas loaded, first batches compiled
-            _, single = load(url, body, 1, max(20, args.requests // 4))
-            rps, many = load(url, body, 16, args.requests)
-            results[batch] = (rps, single, many)
-            print(
-                f"batch {batch:>2}: 16 clients {rps:5.1f} requests/s, p50 {percentile(many, 50):.0f} ms, "
-                f"p99 {percentile(many, 99):.0f} ms; 1 client p50 {percentile(single, 50):.0f} ms, "
-                f"p99 {percentile(single, 99):.0f} ms",
-                flush=True,
-            )
-            serve.delete(APP_NAME)
-        local = in_process(model, png, args.max_tokens, repeats=20)
-    serve.shutdown()
-    ratio = results[16][0] / results[1][0]
-    overhead = percentile(results[1][1], 50) - local * 1000
-    _, single, many = results[16]
+        urls = {batch: deploy(model, batch) for batch in (1, 16)}
+        rates: dict[int, list[float]] = {1: [], 16: []}
+        latencies: dict[int, list[float]] = {1: [], 16: []}
+        for url in urls.values():
+            load(url, body, 4, 8)  # warm up: replicas loaded, first batches run
+        for index in range(args.rounds):
+            for batch, url in urls.items():
+                rps, many = load(url, body, 16, args.requests)
+                rates[batch].append(rps)
+                latencies[batch] += many
+                print(f"round {index + 1}, batch {batch:>2}: 16 clients {rps:5.1f} requests/s", flush=True)
+        _, single = load(urls[16], body, 1, max(20, args.requests // 4))
+        work = in_process(model, png, args.max_tokens)
+        difference, served, local = overhead(urls[1], body, work, args.pairs)
+        serve.shutdown()
+    rps = {batch: statistics.median(values) for batch, values in rates.items()}
+    many = latencies[16]
     print(
-        f"serve: ratio {ratio:.2f} (requests/s at 16 clients, batching vs none, target >= 3), "
-        f"{results[16][0]:.1f} vs {results[1][0]:.1f}; latency p50/p99 1 client "
-        f"{percentile(single, 50):.0f}/{percentile(single, 99):.0f} ms, 16 clients "
-        f"{percentile(many, 50):.0f}/{percentile(many, 99):.0f} ms; overhead {overhead:.1f} ms per request "
-        f"(target <= 15; {local * 1000:.0f} ms in-process)"
+        f"serve: ratio {rps[16] / rps[1]:.2f} (requests/s at 16 clients, batching vs none, target >= 3), "
+        f"{rps[16]:.1f} vs {rps[1]:.1f}; latency p50/p99 1 client {percentile(single, 50):.0f}/"
+        f"{percentile(single, 99):.0f} ms, 16 clients {percentile(many, 50):.0f}/"
+        f"{percentile(many, 99):.0f} ms; "
+        f"overhead {difference * 1000:.1f} ms per request (target <= 15; served {served * 1000:.0f} ms, "
+        f"in-process {local * 1000:.0f} ms)"
     )
 
 

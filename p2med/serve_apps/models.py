@@ -3,7 +3,8 @@
 - `VisionEncoder`: uploaded files -> what the LLM reads for the image, (N + K, D): decoded
   by the ingest's preprocessing (`uploads`), encoded and resampled in batches.
 - `LLM`: a prompt and its images' encodings -> the completion as a stream of text,
-  generated in batches with the KV cache; each request stops at its own length.
+  generated with the KV cache in batches formed when the model is free (`batching`);
+  each request stops at its own length.
 
 Both load the same model folder; model compute runs in a worker thread so that a replica
 keeps taking requests (and streaming) while it computes.
@@ -27,6 +28,7 @@ from p2med.model.generation import GenerationSettings, encode_prompts, stream
 from p2med.model.interleave import MODALITIES, Images
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.storage import resolve
+from p2med.serve_apps.batching import FreeBatcher, Step
 from p2med.serve_apps.errors import ClientError
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
 from p2med.serve_apps.uploads import decode_upload
@@ -120,8 +122,8 @@ class Completion:
 class LLM:
     def __init__(self, settings: ServeSettings) -> None:
         self.model, self.tokenizer = load_served_model(settings, settings.llm)
-        self._generate.set_max_batch_size(settings.llm.batch.max_batch_size)
-        self._generate.set_batch_wait_timeout_s(settings.llm.batch.batch_wait_timeout_s)
+        batch = settings.llm.batch
+        self._batcher = FreeBatcher(self._decode, batch.max_batch_size, batch.batch_wait_timeout_s)
 
     async def stream(self, completion: Completion, *encoded: np.ndarray) -> AsyncIterator[str]:
         """The completion's text, piece by piece; `encoded`: its images' encodings in prompt order.
@@ -142,31 +144,26 @@ class LLM:
                 f"the prompt takes {length} of the model's {self.model.context_length} positions "
                 f"(each image takes {self.model.image_slots}); shorten it"
             )
-        async for piece in self._generate(completion, list(encoded)):
-            if piece:
-                yield piece
+        async for piece in self._batcher.submit((completion, list(encoded))):
+            yield piece
 
     async def complete(self, completion: Completion, *encoded: np.ndarray) -> str:
         """The whole completion in one reply (streaming sends one message per piece)."""
         return "".join([piece async for piece in self.stream(completion, *encoded)])
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate(
-        self, completions: list[Completion], encoded: list[list[np.ndarray]]
-    ) -> AsyncIterator[list[str | type[StopIteration]]]:
-        """The new text of every request of the batch per yield: the decode steps of
-        `STEP_WINDOW_S` (see `_next_steps`). Requests with the same sampling settings
-        decode as one batch; the groups take turns. A request that stops sends its last
-        text, then StopIteration on the next yield."""
+    async def _decode(self, batch: list[tuple[Completion, list[np.ndarray]]]) -> AsyncIterator[Step]:
+        """Per yield, each request's new text and whether it is finished: the decode steps
+        of `STEP_WINDOW_S` (see `_next_steps`). Requests with the same sampling settings
+        decode as one batch; the groups take turns."""
+        completions, encoded = [c for c, _ in batch], [e for _, e in batch]
         groups: dict[tuple, list[int]] = {}
         for i, completion in enumerate(completions):
             groups.setdefault(completion.sampling(), []).append(i)
         streams = [(rows, self._stream(rows, completions, encoded)) for rows in groups.values()]
         produced = [0] * len(completions)
-        ended = [False] * len(completions)  # no more text
-        closed = [False] * len(completions)  # StopIteration sent
-        while not all(closed):
-            out: list[str | type[StopIteration]] = [StopIteration if c else "" for c in closed]
+        ended = [False] * len(completions)
+        while not all(ended):
+            texts = [""] * len(completions)
             for rows, steps in streams:
                 if all(ended[i] for i in rows):
                     continue
@@ -179,11 +176,8 @@ class LLM:
                         if delta is None or produced[i] > completions[i].max_tokens:
                             ended[i] = True
                         else:
-                            out[i] += delta
-            for i, text in enumerate(out):
-                if ended[i] and text == "":
-                    out[i], closed[i] = StopIteration, True
-            yield out
+                            texts[i] += delta
+            yield list(zip(texts, ended, strict=True))
 
     def _stream(
         self, rows: list[int], completions: list[Completion], encoded: list[list[np.ndarray]]

@@ -46,7 +46,8 @@ class ReplicaSettings(Config):
 
 
 class BatchSettings(Config):
-    """How a model deployment gathers concurrent requests into one batch (`@serve.batch`)."""
+    """How a model deployment gathers concurrent requests into one batch (the VisionEncoder
+    with `@serve.batch`, the LLM with `batching.FreeBatcher`)."""
 
     max_batch_size: int = Field(8, ge=1)
     """1 disables batching."""
@@ -80,9 +81,7 @@ class ServeSettings(Config):
     max_tokens_limit: int = Field(1024, ge=1)
     """The most tokens one request may ask for."""
     vision: ModelDeploymentSettings = ModelDeploymentSettings()
-    llm: ModelDeploymentSettings = ModelDeploymentSettings(batch=BatchSettings(batch_wait_timeout_s=0.05))
-    """The LLM's batches wait 50 ms for requests: at 10 ms a batch held 1-3 of the requests
-    of 16 waiting clients on 2 cores (bench/serve.py: 10 -> 19 requests/s)."""
+    llm: ModelDeploymentSettings = ModelDeploymentSettings()
     ingress: ReplicaSettings = ReplicaSettings(max_ongoing_requests=64, max_queued_requests=128)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
