@@ -135,21 +135,30 @@ def rss_mib(pids: list[int]) -> list[float]:
 
 
 def test_memory_stays_flat_across_1000_requests(base_url, settings):
-    """Each replica's resident memory after 1,000 more requests, against after a warm-up of
-    400 (batches of every size seen, buffers filled; the first 200 add ~17 MiB over the
-    four). A process that kept one image encoding per request (40 x 256 float32, 40 KiB)
-    would grow ~40 MiB; allow 12 MiB a process of allocator noise (seen: 2-5 MiB)."""
+    """Each replica's resident memory over 1,000 requests after a warm-up of 400, in two
+    halves of 500. A process that kept one image encoding per request (40 x 256 float32,
+    40 KiB) would grow ~20 MiB in each half; the allocator settles instead: alone the
+    replicas grew 0.5-5 MiB over the 1,000 (0.8-2.1 in the second half), but once, late in
+    a full test run, the two LLM replicas grew 10 and 15 MiB (not seen again alone). So:
+    under 6 MiB a process in the second half (a leak keeps growing at its rate), under 24
+    MiB over the 1,000."""
     with deployed(base_url, "memory", two_llm_replicas(settings)) as url:
         named = [(d, r["pid"]) for d in ("Ingress", "VisionEncoder", "LLM") for r in replicas("memory", d)]
         assert len(named) == 4
+        pids = [pid for _, pid in named]
         warm = load(url, requests=400)
-        before = rss_mib([pid for _, pid in named])
-        answers = load(url, requests=1000)
-        after = rss_mib([pid for _, pid in named])
-    assert statuses(warm) == {200: 400} and statuses(answers) == {200: 1000}
-    grown = {f"{name} {pid}": round(b - a, 1) for (name, pid), a, b in zip(named, before, after, strict=True)}
-    print(f"replica memory growth over 1,000 requests (MiB): {grown}")
-    assert max(grown.values()) < 12, grown
+        before = rss_mib(pids)
+        first = load(url, requests=500)
+        middle = rss_mib(pids)
+        second = load(url, requests=500)
+        after = rss_mib(pids)
+    assert statuses(warm) == {200: 400} and statuses(first + second) == {200: 1000}
+    names = [f"{name} {pid}" for name, pid in named]
+    total = {n: round(b - a, 1) for n, a, b in zip(names, before, after, strict=True)}
+    late = {n: round(b - a, 1) for n, a, b in zip(names, middle, after, strict=True)}
+    print(f"replica memory growth over 1,000 requests (MiB): {total}; over the last 500: {late}")
+    assert max(late.values()) < 6, late
+    assert max(total.values()) < 24, total
 
 
 def test_a_killed_llm_replica_loses_only_its_requests_and_is_replaced(base_url, settings):
