@@ -53,7 +53,7 @@ class FreeBatcher(Generic[Item]):
             raise ValueError(f"max_batch_size must be >= 1 and wait_s >= 0; got {max_batch_size}, {wait_s}")
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
         self._queue: asyncio.Queue[_Request[Item]] | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task | None = None  # held: asyncio keeps only weak references to tasks
 
     async def submit(self, item: Item) -> AsyncIterator[str]:
         """The text of `item`'s request, piece by piece."""
