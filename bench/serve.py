@@ -5,7 +5,8 @@ p99 latency at 1 and 16 clients; Serve's overhead per request vs the same model 
     .venv/bin/python bench/serve.py --requests 32   # quicker look
 
 Setup: the `tiny` preset (random init; a tokenizer trained on the finding phrases) served by
-`p2med.serve_apps` on a local Ray with 2 CPUs, one replica per deployment. Every request
+`p2med.serve_apps` on a local Ray with 2 CPUs as `p2med` starts one (Serve's
+throughput-optimized mode), one replica per deployment. Every request
 is the same `POST /v1/chat/completions`: one 128 px PNG X-ray, "Write the report.",
 `max_tokens` (greedy, so every request generates the same tokens). Clients are threads
 of this process, each sending its next request when the last one is answered.
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import ray
 import torch
 from PIL import Image
 from ray import serve
@@ -50,6 +50,7 @@ from p2med.model.presets import build_model, tiny_config
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.prompts import INSTRUCTIONS
 from p2med.platform.data.vocabulary import FINDING_LABELS
+from p2med.platform.ray_runtime import start_local_ray
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
@@ -177,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # in-process work runs as a replica with under one CPU does
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     png = xray_png()
     body = chat_body(png, args.max_tokens)

@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from p2med.platform.local_s3 import local_s3_server
+from p2med.platform.ray_runtime import start_local_ray
 from p2med.platform.storage import StorageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def ray_local():
     """A real local Ray on this machine's 2 cores, shared by the session's tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
