@@ -22,14 +22,18 @@ the overhead measure is paired with the same work in-process just before it.
 - overhead: the median over pairs of (one request through HTTP and Serve, batching
   disabled: no batch wait) minus (the same work in this process: decode, encode,
   generate) (target <= 15 ms).
+- floor: the median latency, measured in the same pairs, of the same request through an
+  app of the same shape that does no work (`EmptyIngress` -> `EmptyEncoder` -> `EmptyLLM`):
+  what Ray Serve's proxy and two handle calls cost here by themselves.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the empty ingress's route
+# parameters at runtime, and Serve's class-based views cannot resolve string annotations.
 import argparse
 import base64
 import dataclasses
 import io
+import json
 import statistics
 import tempfile
 import threading
@@ -40,6 +44,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from fastapi import FastAPI, Request
 from PIL import Image
 from ray import serve
 
@@ -136,37 +141,97 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
 
-def in_process(model_dir: str, png: bytes, max_tokens: int):
-    """A function doing one request's work without Serve: decode, encode, generate."""
+def in_process(model_dir: str, png: bytes, max_tokens: int) -> tuple[Callable[[], None], tuple[int, ...]]:
+    """A function doing one request's work without Serve (decode, encode, generate), and
+    the shape of the image's encoding, (N + K, D)."""
     model, tokenizer = load_model(model_dir, merge=True)
     imaging = imaging_for(model.config)
     settings = GenerationSettings(max_new_tokens=max_tokens)
     ids, mask = encode_prompts(tokenizer, [f"{IMAGE_TOKEN}\n{TEXT}"])
 
     @torch.inference_mode()
-    def work() -> None:
+    def encode() -> torch.Tensor:
         _, pixels = decode_upload([png], imaging, 2**20)
-        encoded = model.encode_images(Images([["xray"]], xray=torch.from_numpy(pixels)[None]))
-        generate(model, tokenizer, ids, mask, encoded, settings)
+        return model.encode_images(Images([["xray"]], xray=torch.from_numpy(pixels)[None]))
 
-    return work
+    def work() -> None:
+        with torch.inference_mode():
+            generate(model, tokenizer, ids, mask, encode(), settings)
+
+    return work, tuple(encode().shape[1:])
 
 
-def overhead(url: str, body: dict, work: Callable[[], None], pairs: int) -> tuple[float, float, float]:
-    """Median seconds of (served - in-process) over `pairs` back-to-back pairs, and the
-    medians of each side."""
-    served, local = [], []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as http:
+# The empty app asks for no CPU: it does no work, and the two apps hold the 2 CPUs.
+empty_api = FastAPI()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class EmptyEncoder:
+    """The VisionEncoder's place in the app without its work: a zero encoding."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.encoding = np.zeros(shape, np.float32)
+
+    async def encode(self, files: list[bytes]) -> np.ndarray:
+        return self.encoding
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class EmptyLLM:
+    async def complete(self, prompt: str, encoding: np.ndarray) -> str:
+        return ""
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(empty_api)
+class EmptyIngress:
+    """Reads the chat request's image and calls the two deployments as `Ingress` does."""
+
+    def __init__(self, vision, llm) -> None:
+        self.vision, self.llm = vision, llm
+
+    @empty_api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> dict:
+        chat = json.loads(await request.body())
+        url = chat["messages"][0]["content"][0]["image_url"]["url"]
+        encoding = self.vision.encode.remote([base64.b64decode(url.partition(",")[2])])
+        await encoding
+        text = await self.llm.complete.remote(TEXT, encoding)
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+
+def deploy_empty(shape: tuple[int, ...]) -> str:
+    serve.run(
+        EmptyIngress.bind(EmptyEncoder.bind(shape), EmptyLLM.bind()), name="empty", route_prefix="/empty"
+    )
+    return f"http://127.0.0.1:{PORT}/empty"
+
+
+def overhead(
+    url: str, empty_url: str, body: dict, work: Callable[[], None], pairs: int
+) -> tuple[float, float, float, float]:
+    """Medians over `pairs` back-to-back runs of (served - in-process), served, in-process,
+    and the same request through the empty app, in seconds."""
+    served, local, empty = [], [], []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(headers=headers, timeout=300) as http:
         for _ in range(pairs + 2):  # the first two warm up
-            started = time.perf_counter()
-            work()
-            local.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            http.post("/v1/chat/completions", json=body).raise_for_status()
-            served.append(time.perf_counter() - started)
-    served, local = served[2:], local[2:]
+            for times, call in (
+                (local, work),
+                (served, lambda: http.post(f"{url}/v1/chat/completions", json=body).raise_for_status()),
+                (empty, lambda: http.post(f"{empty_url}/v1/chat/completions", json=body).raise_for_status()),
+            ):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+    served, local, empty = served[2:], local[2:], empty[2:]
     differences = [a - b for a, b in zip(served, local, strict=True)]
-    return statistics.median(differences), statistics.median(served), statistics.median(local)
+    return (
+        statistics.median(differences),
+        statistics.median(served),
+        statistics.median(local),
+        statistics.median(empty),
+    )
 
 
 def main() -> None:
@@ -196,8 +261,8 @@ def main() -> None:
                 latencies[batch] += many
                 print(f"round {index + 1}, batch {batch:>2}: 16 clients {rps:5.1f} requests/s", flush=True)
         _, single = load(urls[16], body, 1, max(20, args.requests // 4))
-        work = in_process(model, png, args.max_tokens)
-        difference, served, local = overhead(urls[1], body, work, args.pairs)
+        work, shape = in_process(model, png, args.max_tokens)
+        difference, served, local, floor = overhead(urls[1], deploy_empty(shape), body, work, args.pairs)
         serve.shutdown()
     rps = {batch: statistics.median(values) for batch, values in rates.items()}
     many = latencies[16]
@@ -207,7 +272,8 @@ def main() -> None:
         f"{percentile(single, 99):.0f} ms, 16 clients {percentile(many, 50):.0f}/"
         f"{percentile(many, 99):.0f} ms; "
         f"overhead {difference * 1000:.1f} ms per request (target <= 15; served {served * 1000:.0f} ms, "
-        f"in-process {local * 1000:.0f} ms)"
+        f"in-process {local * 1000:.0f} ms; Serve's floor, the same request through an app "
+        f"of the same shape with no work: {floor * 1000:.1f} ms)"
     )
 
 

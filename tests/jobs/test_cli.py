@@ -47,7 +47,7 @@ def test_nested_defaults_in_help_are_those_the_job_uses():
     out = p2med("quickstart", "--help").stdout  # its synth and training differ from synth's and train's own
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "default" in line}
     assert rows["synth.patients"].endswith("default 1200")
-    assert rows["train.stages.stage3.steps"].endswith("default 250")  # train/tiny.yaml
+    assert rows["train.stages.stage3.steps"].endswith("default 300")  # train/tiny.yaml
     assert rows["serve"].endswith("default True")
 
 
