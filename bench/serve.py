@@ -201,6 +201,7 @@ class EmptyIngress:
 
 
 def deploy_empty(shape: tuple[int, ...]) -> str:
+    """The empty app at /empty, its encodings of `shape`; its base URL."""
     serve.run(
         EmptyIngress.bind(EmptyEncoder.bind(shape), EmptyLLM.bind()), name="empty", route_prefix="/empty"
     )

@@ -10,8 +10,8 @@ import ray
 # What a local Ray's processes run with (a variable already set wins). Ray Serve's
 # throughput-optimized mode (Ray's "high throughput" guide): user code and the router run
 # in each replica's event loop instead of threads of their own, deployments call each other
-# over gRPC, HTTP reaches the ingress replica's own server, the GC is frozen after start;
-# bench/serve.py: Serve's overhead per request 28 -> 19 ms. It holds a stopping ingress
+# over gRPC, the GC is frozen after start (README: what it gained in bench/serve.py, and
+# Ray Serve's HAProxy ingress, measured but not on yet). It holds a stopping ingress
 # replica open 30 s so that external load balancers can drop it; a local Ray's only one is
 # its own proxy, told by the controller at once.
 LOCAL_RAY_ENV = {
