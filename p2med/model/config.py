@@ -23,7 +23,8 @@ class VisionConfig:
     patch_size: int = 16
     """CLIP patch size; 1 when a conv stem makes the patches."""
     stem_channels: tuple[int, ...] = ()
-    """Conv stem widths, one stride-2 3x3 conv each ((32, 64, 128): 8x fewer pixels a side); () for none."""
+    """Conv stem widths, one stride-2 3x3 conv each; () for none. (32, 64, 128, 128): 16x
+    fewer pixels a side."""
     channels: int = 1
     """Input channels CLIP expects (3 for a pretrained CLIP: grayscale is repeated)."""
     image_mean: float = 0.5
