@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from ray import serve
+from transformers import PreTrainedTokenizerBase
 
 from p2med.model.checkpoint import save_model
+from p2med.model.mllm import P2MedModel
 from p2med.model.presets import build_model, tiny_config
 from p2med.model.tokenizer import train_bpe_tokenizer
 from p2med.platform.data.synth import SynthConfig
@@ -72,7 +74,7 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def silence_byte_fragments(model, tokenizer) -> None:
+def silence_byte_fragments(model: P2MedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Zero the output rows of tokens that are not text on their own (one byte of a
     multi-byte character): an untrained model picks random tokens, and a report of byte
     fragments decodes to nothing, which the tests could not tell from a broken stream.
