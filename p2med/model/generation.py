@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from p2med.model.interleave import Images
@@ -167,22 +168,27 @@ def stream(
     """Yields, per step, the new text of every row: "" when a row has nothing new, None
     once it has stopped. A multi-byte character split across tokens is held back until it
     is whole."""
-    rows: list[list[int]] = [[] for _ in range(len(input_ids))]
-    sent = [""] * len(rows)
+    rows = [TextStream(tokenizer) for _ in range(len(input_ids))]
     for tokens in generate_tokens(model, tokenizer, input_ids, attention_mask, images, settings):
-        deltas: list[str | None] = []
-        for i, token in enumerate(tokens.tolist()):
-            if token < 0:
-                deltas.append(None)
-                continue
-            rows[i].append(token)
-            text = tokenizer.decode(rows[i], skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
-                deltas.append("")
-                continue
-            deltas.append(text[len(sent[i]) :])
-            sent[i] = text
-        yield deltas
+        yield [
+            None if token < 0 else row.add(token) for row, token in zip(rows, tokens.tolist(), strict=True)
+        ]
+
+
+class TextStream:
+    """One row's text, token by token: `add` returns the text the token completes.
+
+    Incremental (tokenizers' `DecodeStream`): the cost per token stays flat where decoding
+    the whole row again at each token grew with the row (0.2 ms a token at 32 tokens here).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._backend = tokenizer.backend_tokenizer
+        self._decoder = DecodeStream(skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        """The new text; "" while the token ends inside a multi-byte character."""
+        return self._decoder.step(self._backend, token) or ""
 
 
 def _pick(

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2med.model.generation import GenerationSettings, encode_prompts, generate, generate_tokens, stream
+from p2med.model.generation import (
+    GenerationSettings,
+    TextStream,
+    encode_prompts,
+    generate,
+    generate_tokens,
+    stream,
+)
 from p2med.model.interleave import Images
 from p2med.model.tokenizer import IMAGE_TOKEN
 from tests.model.conftest import cts, xrays
@@ -94,6 +101,16 @@ def test_stream_adds_up_to_generate(model, tokenizer):
         stopped = [d is None for d in deltas]  # a stopped row stays stopped
         streamed = [s + (d or "") for s, d in zip(streamed, deltas, strict=True)]
     assert streamed == texts
+
+
+def test_streamed_text_holds_back_a_split_character(tokenizer):
+    text = "Opacité 肺炎 in the right lower lobe"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    row = TextStream(tokenizer)
+    pieces = [row.add(token) for token in ids]
+    assert "".join(pieces) == text
+    assert "" in pieces  # 肺 and 炎 are three bytes each: tokens that end inside them add nothing
+    assert not any("\ufffd" in piece for piece in pieces)
 
 
 def test_sampling_is_seeded(model, tokenizer):
