@@ -41,6 +41,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
+
+use_local_ray_env()  # before Ray Serve is imported (see its docstring)
+
 import httpx
 import numpy as np
 import torch
@@ -55,7 +59,6 @@ from p2med.model.presets import build_model, tiny_config
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.prompts import INSTRUCTIONS
 from p2med.platform.data.vocabulary import FINDING_LABELS
-from p2med.platform.ray_runtime import start_local_ray
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings

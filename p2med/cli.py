@@ -20,6 +20,7 @@ from typing import Any
 
 from p2med.platform.config import describe_fields, load_config
 from p2med.platform.errors import ConfigError, P2MedError
+from p2med.platform.ray_runtime import use_local_ray_env
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    use_local_ray_env()  # before a job imports Ray Serve
     try:
         return _dispatch(args)
     except ConfigError as exc:

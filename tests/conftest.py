@@ -10,8 +10,10 @@ import boto3
 import pytest
 
 from p2med.platform.local_s3 import local_s3_server
-from p2med.platform.ray_runtime import start_local_ray
+from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
 from p2med.platform.storage import StorageConfig
+
+use_local_ray_env()  # before a test module imports Ray Serve (see its docstring)
 
 REPO = Path(__file__).resolve().parents[1]
 S3_KEY, S3_SECRET, S3_REGION = "testing", "testing-secret", "us-east-1"
