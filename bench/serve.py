@@ -6,7 +6,7 @@ p99 latency at 1 and 16 clients; Serve's overhead per request vs the same model 
 
 Setup: the `tiny` preset (random init; a tokenizer trained on the finding phrases) served by
 `p2med.serve_apps` on a local Ray with 2 CPUs as `p2med` starts one (Serve's
-throughput-optimized mode), one replica per deployment. Every request
+throughput-optimized mode and HAProxy ingress), one replica per deployment. Every request
 is the same `POST /v1/chat/completions`: one 128 px PNG X-ray, "Write the report.",
 `max_tokens` (greedy, so every request generates the same tokens). Clients are threads
 of this process, each sending its next request when the last one is answered.
@@ -24,7 +24,8 @@ the overhead measure is paired with the same work in-process just before it.
   generate) (target <= 15 ms).
 - floor: the median latency, measured in the same pairs, of the same request through an
   app of the same shape that does no work (`EmptyIngress` -> `EmptyEncoder` -> `EmptyLLM`):
-  what Ray Serve's proxy and two handle calls cost here by themselves.
+  what Ray Serve's ingress (HAProxy, the replica's HTTP server) and two handle calls cost
+  here by themselves.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the empty ingress's route

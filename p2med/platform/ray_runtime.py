@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 import ray
@@ -11,14 +12,20 @@ import ray
 # What a local Ray's processes run with (a variable already set wins). Ray Serve's
 # throughput-optimized mode (Ray's "high throughput" guide): user code and the router run
 # in each replica's event loop instead of threads of their own, deployments call each other
-# over gRPC, the GC is frozen after start (README: what it gained in bench/serve.py, and
-# Ray Serve's HAProxy ingress, measured but not on yet). It holds a stopping ingress
-# replica open 30 s so that external load balancers can drop it; a local Ray's only one is
-# its own proxy, told by the controller at once.
+# over gRPC, the GC is frozen after start; and its HAProxy ingress (the binary comes with
+# `ray[serve]`): HAProxy in place of Serve's Python proxy, forwarding to the ingress
+# replicas' own HTTP ports (README: what each gained in bench/serve.py). It holds a
+# stopping ingress replica open 30 s so that external load balancers can drop it; a local
+# Ray's only one is its own HAProxy, told by the controller at once.
 LOCAL_RAY_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
+# HAProxy's stats page and metrics exporter listen on fixed ports (8404, 9101) on every
+# interface: a local Ray takes free ones, so that two can run side by side (also a p2med
+# started by another, which inherits the ports its parent's HAProxy holds).
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
 def use_local_ray_env() -> None:
@@ -36,6 +43,26 @@ def use_local_ray_env() -> None:
 def _set_local_ray_env() -> None:
     for name, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(name, value)
+    for name in HAPROXY_PORT_VARIABLES:
+        if not _is_free(os.environ.get(name, "")):
+            os.environ[name] = str(_free_port())
+
+
+def _is_free(port: str) -> bool:
+    if not port.isdigit():
+        return False
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def start_local_ray(**init_options) -> None:
