@@ -21,8 +21,9 @@ the overhead measure is paired with the same work in-process just before it.
 - latency: p50 and p99 with batching at 1 and at 16 clients.
 - overhead: the median over pairs of (one request through HTTP and Serve, batching
   disabled: no batch wait) minus (the same work in this process: decode, encode,
-  generate) (target <= 15 ms). 120 pairs: one request's work varies by a quarter here
-  from one request to the next, and so does the difference of a pair.
+  generate) (target <= 15 ms), with the 95% bootstrap interval of that median. 120
+  pairs: one request's work varies by a quarter here from one request to the next, and
+  so does the difference of a pair.
 - floor: the median latency, measured in the same pairs, of the same request through an
   app of the same shape that does no work (`EmptyIngress` -> `EmptyEncoder` -> `EmptyLLM`):
   what Ray Serve's ingress (HAProxy, the replica's HTTP server) and two handle calls cost
@@ -37,6 +38,7 @@ import dataclasses
 import http.client
 import io
 import json
+import random
 import statistics
 import tempfile
 import threading
@@ -215,11 +217,27 @@ def deploy_empty(shape: tuple[int, ...]) -> str:
     return f"http://127.0.0.1:{PORT}/empty"
 
 
-def overhead(
-    url: str, empty_url: str, body: dict, work: Callable[[], None], pairs: int
-) -> tuple[float, float, float, float]:
-    """Medians over `pairs` back-to-back runs of (served - in-process), served, in-process,
-    and the same request through the empty app, in seconds.
+@dataclasses.dataclass(frozen=True)
+class Overhead:
+    """Medians over the pairs, in seconds."""
+
+    difference: float  # served - in-process
+    interval: tuple[float, float]  # the 95% bootstrap interval of `difference`
+    served: float
+    local: float
+    floor: float  # the same request through the empty app
+
+
+def median_interval(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """The 95% bootstrap interval of the median of `values` (fixed seed: reruns agree)."""
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def overhead(url: str, empty_url: str, body: dict, work: Callable[[], None], pairs: int) -> Overhead:
+    """`pairs` back-to-back runs of one request served, the same work in-process, and the
+    same request through the empty app.
 
     The requests go out as bytes encoded once, over one kept-alive connection of the
     standard library's client: what is measured is Serve's part, not the client's (httpx
@@ -248,8 +266,9 @@ def overhead(
         connection.close()
     served, local, empty = served[2:], local[2:], empty[2:]
     differences = [a - b for a, b in zip(served, local, strict=True)]
-    return (
+    return Overhead(
         statistics.median(differences),
+        median_interval(differences),
         statistics.median(served),
         statistics.median(local),
         statistics.median(empty),
@@ -284,7 +303,7 @@ def main() -> None:
                 print(f"round {index + 1}, batch {batch:>2}: 16 clients {rps:5.1f} requests/s", flush=True)
         _, single = load(urls[16], body, 1, max(20, args.requests // 4))
         work, shape = in_process(model, png, args.max_tokens)
-        difference, served, local, floor = overhead(urls[1], deploy_empty(shape), body, work, args.pairs)
+        cost = overhead(urls[1], deploy_empty(shape), body, work, args.pairs)
         serve.shutdown()
     rps = {batch: statistics.median(values) for batch, values in rates.items()}
     many = latencies[16]
@@ -293,9 +312,10 @@ def main() -> None:
         f"{rps[16]:.1f} vs {rps[1]:.1f}; latency p50/p99 1 client {percentile(single, 50):.0f}/"
         f"{percentile(single, 99):.0f} ms, 16 clients {percentile(many, 50):.0f}/"
         f"{percentile(many, 99):.0f} ms; "
-        f"overhead {difference * 1000:.1f} ms per request (target <= 15; served {served * 1000:.0f} ms, "
-        f"in-process {local * 1000:.0f} ms; Serve's floor, the same request through an app "
-        f"of the same shape with no work: {floor * 1000:.1f} ms)"
+        f"overhead {cost.difference * 1000:.1f} ms per request (95% interval "
+        f"{cost.interval[0] * 1000:.1f}-{cost.interval[1] * 1000:.1f}; target <= 15; "
+        f"served {cost.served * 1000:.0f} ms, in-process {cost.local * 1000:.0f} ms; Serve's floor, "
+        f"the same request through an app of the same shape with no work: {cost.floor * 1000:.1f} ms)"
     )
 
 
