@@ -219,7 +219,8 @@ def deploy_empty(shape: tuple[int, ...]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Overhead:
-    """Medians over the pairs, in seconds."""
+    """What the overhead measure found, in seconds: medians over the pairs, and the
+    interval of the first."""
 
     difference: float  # served - in-process
     interval: tuple[float, float]  # the 95% bootstrap interval of `difference`
