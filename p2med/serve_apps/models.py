@@ -28,6 +28,7 @@ from p2med.model.generation import GenerationSettings, encode_prompts, stream
 from p2med.model.interleave import MODALITIES, Images
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.storage import resolve
+from p2med.serve_apps.background import iterate_ahead
 from p2med.serve_apps.batching import FreeBatcher, Step
 from p2med.serve_apps.errors import BadUpload, ClientError
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
@@ -104,8 +105,9 @@ class VisionEncoder:
         return list(self.model.encode_images(images).float().cpu().numpy())
 
 
-# Decode steps run back to back in the worker thread for this long before their text goes
-# out: one event-loop round trip per step cost ~1.2 ms of a 4 ms step at batch 1 (bench/serve.py)
+# A streaming request's text goes to the event loop once per this many seconds of steps:
+# each post wakes the loop, which then holds the GIL the decode needs (posting every 4 ms
+# step instead cost ~5 ms more per 32-token request, timed inside a replica)
 STEP_WINDOW_S = 0.025
 
 
@@ -135,6 +137,15 @@ class Completion:
         return self.temperature, self.top_p, self.seed
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One request of a decode batch."""
+
+    completion: Completion
+    encoded: list[np.ndarray]  # its images' encodings, (N + K, D) each
+    streaming: bool  # its text goes out as it comes; else in one piece when it ends
+
+
 @serve.deployment
 class LLM:
     def __init__(self, settings: ServeSettings) -> None:
@@ -149,52 +160,72 @@ class LLM:
             ClientError: the prompt and images do not fit the model (placeholders, context),
                 checked here so that one bad request cannot fail the batch it would join.
         """
-        if not completion.prompt.strip():
+        async for piece in self._pieces(_Job(completion, list(encoded), streaming=True)):
+            yield piece
+
+    async def complete(self, completion: Completion, *encoded: np.ndarray) -> str:
+        """The whole completion in one reply (raises as `stream` does)."""
+        pieces = self._pieces(_Job(completion, list(encoded), streaming=False))
+        return "".join([piece async for piece in pieces])
+
+    async def _pieces(self, job: _Job) -> AsyncIterator[str]:
+        prompt = job.completion.prompt
+        if not prompt.strip():
             raise ClientError("the prompt is empty")
-        ids = self.tokenizer(completion.prompt).input_ids
+        ids = self.tokenizer(prompt).input_ids
         slots = ids.count(self.model.image_token_id)
-        if slots != len(encoded):
-            raise ClientError(f"the prompt has {slots} image slots but {len(encoded)} images")
+        if slots != len(job.encoded):
+            raise ClientError(f"the prompt has {slots} image slots but {len(job.encoded)} images")
         length = len(ids) + slots * (self.model.image_slots - 1)
         if length >= self.model.context_length:
             raise ClientError(
                 f"the prompt takes {length} of the model's {self.model.context_length} positions "
                 f"(each image takes {self.model.image_slots}); shorten it"
             )
-        async for piece in self._batcher.submit((completion, list(encoded))):
+        async for piece in self._batcher.submit(job):
             yield piece
 
-    async def complete(self, completion: Completion, *encoded: np.ndarray) -> str:
-        """The whole completion in one reply (streaming sends one message per piece)."""
-        return "".join([piece async for piece in self.stream(completion, *encoded)])
+    def _decode(self, batch: list[_Job]) -> AsyncIterator[Step]:
+        """Per yield, each request's new text and whether it is finished (see `_steps`),
+        computed in a worker thread that does not wait for the event loop between yields."""
+        return iterate_ahead(self._steps(batch))
 
-    async def _decode(self, batch: list[tuple[Completion, list[np.ndarray]]]) -> AsyncIterator[Step]:
-        """Per yield, each request's new text and whether it is finished: the decode steps
-        of `STEP_WINDOW_S` (see `_next_steps`). Requests with the same sampling settings
-        decode as one batch; the groups take turns."""
-        completions, encoded = [c for c, _ in batch], [e for _, e in batch]
+    def _steps(self, batch: list[_Job]) -> Iterator[Step]:
+        """The batch's decode steps, `STEP_WINDOW_S` at a time (see `_next_steps`), yielded
+        when a request has ended or one that streams has new text: a request that does not
+        stream gets its text in one piece, and a batch of such requests wakes the event loop
+        once per request, not per window. Requests with the same sampling settings decode as
+        one batch; the groups take turns."""
+        completions = [job.completion for job in batch]
         groups: dict[tuple, list[int]] = {}
         for i, completion in enumerate(completions):
             groups.setdefault(completion.sampling(), []).append(i)
+        encoded = [job.encoded for job in batch]
         streams = [(rows, self._stream(rows, completions, encoded)) for rows in groups.values()]
-        produced = [0] * len(completions)
-        ended = [False] * len(completions)
+        produced = [0] * len(batch)
+        ended = [False] * len(batch)
+        texts = [""] * len(batch)
         while not all(ended):
-            texts = [""] * len(completions)
+            any_ended = False
             for rows, steps in streams:
                 if all(ended[i] for i in rows):
                     continue
-                chunk = await asyncio.to_thread(_next_steps, steps, STEP_WINDOW_S)
-                for deltas in chunk or [[None] * len(rows)]:  # none: all rows stopped
+                for deltas in _next_steps(steps, STEP_WINDOW_S) or [[None] * len(rows)]:  # none: all stopped
                     for i, delta in zip(rows, deltas, strict=True):
                         if ended[i]:
                             continue
                         produced[i] += 1
                         if delta is None or produced[i] > completions[i].max_tokens:
-                            ended[i] = True
+                            ended[i] = any_ended = True
                         else:
                             texts[i] += delta
-            yield list(zip(texts, ended, strict=True))
+            ready = [job.streaming or done for job, done in zip(batch, ended, strict=True)]
+            if any_ended or any(r and text for r, text in zip(ready, texts, strict=True)):
+                yield [
+                    (text, done) if r else ("", False)
+                    for r, text, done in zip(ready, texts, ended, strict=True)
+                ]
+                texts = ["" if r else text for r, text in zip(ready, texts, strict=True)]
 
     def _stream(
         self, rows: list[int], completions: list[Completion], encoded: list[list[np.ndarray]]
