@@ -5,7 +5,7 @@
 
 `asyncio.to_thread(next, items)` per item stalls the computation at every item: the thread
 waits while the event loop wakes, takes the item and hands out the next call (0.4-0.6 ms
-per item here, in a Serve replica: bench/serve.py). Here the thread never waits for the
+per item in a Serve replica here: README, Serving). Here the thread never waits for the
 loop; each item is posted to it as soon as it is made.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ async def iterate_ahead(items: Iterator[T]) -> AsyncIterator[T]:
                 raise error
             if item is _END:
                 return
-            yield item  # type: ignore[misc]  # every item but _END is a T
+            yield cast(T, item)
     finally:
         stop.set()
         await worker
