@@ -11,14 +11,14 @@ token per row. Sampling never picks a token the model cannot mean (pad, `<image>
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 import torch
 from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from p2med.model.interleave import Images
+from p2med.model.interleave import Images, Interleaved
 from p2med.model.mllm import P2MedModel
 
 
@@ -84,36 +84,223 @@ def generate_tokens(
     The stop token itself is not yielded. Stops when every row has stopped or after
     `max_new_tokens` steps.
     """
-    llm = model.llm
-    ids, mask = input_ids.to(model.device), attention_mask.to(model.device)
+    if not settings.use_cache:
+        yield from _generate_uncached(model, tokenizer, input_ids, attention_mask, images, settings)
+        return
+    rows = len(input_ids)
+    batch = RunningBatch(model, tokenizer)
+    batch.join(list(range(rows)), input_ids, attention_mask, images, [settings] * rows)
+    while batch:
+        tokens = torch.full((rows,), -1, dtype=torch.long)
+        for row, (token, _) in batch.step().items():
+            if token is not None:
+                tokens[row] = token
+        if (tokens < 0).all():
+            return
+        yield tokens
+
+
+class RunningBatch:
+    """Rows that decode together with one KV cache, joining and leaving between steps
+    (continuous batching): each row has its own settings and stops on its own.
+
+        batch = RunningBatch(model, tokenizer)
+        batch.join(["a", "b"], ids, mask, encoded, [settings, settings])
+        while batch:
+            for key, (token, finished) in batch.step().items(): ...
+            batch.join(...)  # more rows, at any step
+
+    A joining row's prefix fills a cache of its own in one forward pass; both caches are
+    then left-padded to the longer one and stacked. A row leaves when it stops, and cache
+    columns that no remaining row attends to are cut, so the cache stays as long as its
+    longest row.
+    """
+
+    def __init__(self, model: P2MedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.keys: list[Hashable] = []
+        self._settings: list[GenerationSettings] = []
+        self._generators: list[torch.Generator | None] = []
+        self._stops: list[set[int]] = []
+        self._left: list[int] = []  # tokens each row may still produce
+        self._banned = _banned_ids(model, tokenizer)
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # (B, T)
+        self._positions = torch.zeros(0, 1, dtype=torch.long)  # (B, 1): each row's last position
+        self._logits = torch.zeros(0, 0)  # (B, V): each row's next-token logits
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @torch.inference_mode()
+    def join(
+        self,
+        keys: list[Hashable],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        images: Images | torch.Tensor | None,
+        settings: list[GenerationSettings],
+    ) -> None:
+        """Add rows (prompts as `encode_prompts` makes them, with their images or encodings
+        (P, N + K, D)); each decodes with its own `settings`.
+
+        Raises:
+            ValueError: as `P2MedModel.embed`, or a prompt that leaves no room to generate.
+        """
+        model, device = self.model, self.model.device
+        prefix = _prefix(model, input_ids.to(device), attention_mask.to(device), images)
+        room = model.context_length - prefix.attention_mask.sum(1)
+        if (room < 1).any():
+            raise ValueError(f"the prompt fills the LLM's context of {model.context_length} positions")
+        out = model.llm(
+            inputs_embeds=prefix.inputs_embeds,
+            attention_mask=prefix.attention_mask,
+            position_ids=prefix.position_ids,
+            cache=DynamicCache(config=model.llm.config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        eos = self.tokenizer.eos_token_id
+        for key, row_settings, row_room in zip(keys, settings, room.tolist(), strict=True):
+            self.keys.append(key)
+            self._settings.append(row_settings)
+            self._generators.append(_generator(row_settings, device))
+            self._stops.append({eos, *row_settings.stop_token_ids})
+            self._left.append(min(row_settings.max_new_tokens, row_room))
+        logits = self._next_logits(out.logits)
+        if self._cache is None:
+            self._cache, self._mask, self._logits = out.cache, prefix.attention_mask, logits
+            self._positions = prefix.position_ids[:, -1:]
+            return
+        length = max(self._mask.shape[1], prefix.attention_mask.shape[1])
+        self._cache = DynamicCache(
+            ddp_cache_data=[
+                (
+                    torch.cat([_pad_left(old.keys, length, 2), _pad_left(new.keys, length, 2)]),
+                    torch.cat([_pad_left(old.values, length, 2), _pad_left(new.values, length, 2)]),
+                )
+                for old, new in zip(self._cache.layers, out.cache.layers, strict=True)
+            ]
+        )
+        self._mask = torch.cat(
+            [_pad_left(self._mask, length, 1), _pad_left(prefix.attention_mask, length, 1)]
+        )
+        self._positions = torch.cat([self._positions, prefix.position_ids[:, -1:]])
+        self._logits = torch.cat([self._logits, logits])
+
+    @torch.inference_mode()
+    def step(self) -> dict[Hashable, tuple[int | None, bool]]:
+        """Every row's next token: key -> (token, finished). A row that picked a stop token
+        gets (None, True); one that reached its token limit, its last token and True. Rows
+        that finished leave the batch; the others take one forward pass."""
+        picked = _pick_rows(self._logits, self._settings, self._generators).tolist()
+        results: dict[Hashable, tuple[int | None, bool]] = {}
+        staying = []
+        for i, (key, token) in enumerate(zip(self.keys, picked, strict=True)):
+            if token in self._stops[i]:
+                results[key] = (None, True)
+                continue
+            self._left[i] -= 1
+            results[key] = (token, self._left[i] == 0)
+            if self._left[i] > 0:
+                staying.append(i)
+        if len(staying) < len(self.keys):
+            self._keep(staying)
+        if staying:
+            tokens = torch.tensor([picked[i] for i in staying], device=self.model.device)
+            self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+            self._positions = self._positions + 1
+            out = self.model.llm(
+                input_ids=tokens[:, None],
+                attention_mask=self._mask,
+                position_ids=self._positions,
+                cache=self._cache,
+                use_cache=True,
+            )
+            self._cache, self._logits = out.cache, self._next_logits(out.logits)
+        return results
+
+    def _next_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, L, V) -> the last position's (B, V) in float32, tokens never generated at -inf."""
+        last = logits[:, -1].float()
+        last[:, self._banned] = float("-inf")
+        return last
+
+    def _keep(self, rows: list[int]) -> None:
+        """Only `rows` stay; cache columns every remaining row masks out are cut."""
+        self.keys = [self.keys[i] for i in rows]
+        for attribute in ("_settings", "_generators", "_stops", "_left"):
+            values = getattr(self, attribute)
+            setattr(self, attribute, [values[i] for i in rows])
+        if not rows:
+            self._cache = None
+            return
+        index = torch.tensor(rows, device=self._mask.device)
+        used = self._mask[index].any(0)
+        start = int(used.int().argmax())  # the first column a remaining row attends to
+        self._mask, self._positions, self._logits = (
+            self._mask[index, start:],
+            self._positions[index],
+            self._logits[index],
+        )
+        self._cache = DynamicCache(
+            ddp_cache_data=[
+                (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self._cache.layers
+            ]
+        )
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """`tensor` with zeros before its entries along `dim` up to `length`."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _prefix(
+    model: P2MedModel, ids: torch.Tensor, mask: torch.Tensor, images: Images | torch.Tensor | None
+) -> Interleaved:
+    """The LLM's left-aligned input for prompts and their images or encodings."""
     if isinstance(images, torch.Tensor):
-        prefix = model.embed_encoded(ids, mask, images, align="left")
-    else:
-        prefix = model.embed(ids, mask, None, images, align="left")
+        return model.embed_encoded(ids, mask, images, align="left")
+    return model.embed(ids, mask, None, images, align="left")
+
+
+def _generate_uncached(
+    model: P2MedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    images: Images | torch.Tensor | None,
+    settings: GenerationSettings,
+) -> Iterator[torch.Tensor]:
+    """`generate_tokens` recomputing the whole sequence at each step (the baseline of
+    bench/generate.py)."""
+    llm = model.llm
+    prefix = _prefix(model, input_ids.to(model.device), attention_mask.to(model.device), images)
     room = model.context_length - prefix.inputs_embeds.shape[1]
     if room < 1:
         raise ValueError(f"the prompt fills the LLM's context of {model.context_length} positions")
-    steps = min(settings.max_new_tokens, room)
     banned = _banned_ids(model, tokenizer)
     stops = torch.tensor(sorted({tokenizer.eos_token_id, *settings.stop_token_ids}), device=model.device)
-    generator = (
-        torch.Generator(model.device).manual_seed(settings.seed) if settings.seed is not None else None
-    )
     embeds, mask, positions = prefix.inputs_embeds, prefix.attention_mask, prefix.position_ids
-    cache = DynamicCache(config=llm.config) if settings.use_cache else None
-    out = llm(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=settings.use_cache,
-        logits_to_keep=1,
-    )
+    row_settings = [settings] * len(embeds)
+    generators = [_generator(settings, model.device) for _ in row_settings]
     done = torch.zeros(len(embeds), dtype=torch.bool, device=model.device)
-    for _ in range(steps):
+    for _ in range(min(settings.max_new_tokens, room)):
+        out = llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1].float()
         logits[:, banned] = float("-inf")
-        token = _pick(logits, settings, generator)
+        token = _pick_rows(logits, row_settings, generators)
         done |= torch.isin(token, stops)
         if done.all():
             return
@@ -121,23 +308,7 @@ def generate_tokens(
         step = token[:, None].masked_fill(done[:, None], tokenizer.pad_token_id)
         mask = torch.cat([mask, (~done[:, None]).long()], dim=1)
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-        if settings.use_cache:
-            out = llm(
-                input_ids=step,
-                attention_mask=mask,
-                position_ids=positions[:, -1:],
-                cache=out.cache,
-                use_cache=True,
-            )
-        else:
-            embeds = torch.cat([embeds, llm.get_input_embeddings()(step)], dim=1)
-            out = llm(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=1,
-            )
+        embeds = torch.cat([embeds, llm.get_input_embeddings()(step)], dim=1)
 
 
 def generate(
@@ -189,6 +360,23 @@ class TextStream:
     def add(self, token: int) -> str:
         """The new text; "" while the token ends inside a multi-byte character."""
         return self._decoder.step(self._backend, token) or ""
+
+
+def _generator(settings: GenerationSettings, device: torch.device) -> torch.Generator | None:
+    """A row's own random numbers: seeded, a request samples the same whatever batch it is in."""
+    return torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
+
+
+def _pick_rows(
+    logits: torch.Tensor, settings: list[GenerationSettings], generators: list[torch.Generator | None]
+) -> torch.Tensor:
+    """Next token per row from logits (B, V), each row by its own settings: greedy rows at
+    once, sampled rows one by one with their own generators."""
+    tokens = logits.argmax(-1)
+    for i, row in enumerate(settings):
+        if row.temperature > 0:
+            tokens[i] = _pick(logits[i : i + 1], row, generators[i])[0]
+    return tokens
 
 
 def _pick(

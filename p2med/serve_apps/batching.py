@@ -1,31 +1,36 @@
-"""Batches of streaming requests, formed when the model is free.
+"""One running batch of streaming requests that new requests join between steps.
 
 Ray Serve's `@serve.batch` forms a batch within its wait of the first request even while
-the previous batch still runs; that batch then queues for the model. Requests that
-arrive during one long generation are thereby split into several small batches that run
-one after another: with 16 clients the LLM's batches held 1-3 requests (bench/serve.py).
-`FreeBatcher` forms the next batch only when the last one has finished, as inference
-servers' dynamic batching does: it takes every request waiting by then, and a batch that
-is not full waits for more until its first request has waited `wait_s`.
+the previous batch still runs; that batch then queues for the model, and requests that
+arrive during one long generation are split into several small batches that run one after
+another. Forming the next batch only when the last had finished still left the LLM's
+batches alternating between 13-14 requests and 2-3 at 16 clients (bench/serve.py), the
+model idle while each group went back through the ingress and the encoder. Here, as in
+inference servers' continuous batching, a request joins the running batch at its next
+step; a batch starts when the first request has waited `wait_s` (or the batch is full)
+and ends when no request is left in it or waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 
-# what a batch run yields per step, for each of its requests: (new text, finished)
-Step = list[tuple[str, bool]]
+# what a batch run yields per step: for some of its requests, (new text, finished)
+Updates = dict[Hashable, tuple[str, bool]]
+# admit(held): (key, item) of requests to add to a batch that holds `held` requests
+Admit = Callable[[int], list[tuple[Hashable, Item]]]
 
 _END = object()
 
 
-@dataclass
+@dataclass(eq=False)  # a request is its own key in `Updates`
 class _Request(Generic[Item]):
     item: Item
     arrived: float = field(default_factory=time.monotonic)
@@ -38,27 +43,33 @@ class _Request(Generic[Item]):
             self.out.put_nowait(last)
 
 
-class FreeBatcher(Generic[Item]):
-    """Runs `run` on batches of up to `max_batch_size` requests, one batch at a time.
+class JoiningBatcher(Generic[Item]):
+    """Runs `run(admit)`, one batch at a time, while requests are waiting or running.
 
-    `run(items)` is an async generator that yields a `Step` per step of the batch; each
-    request's text streams to its caller as it comes, and its stream ends when its
-    request is finished (or when `run` returns). An exception in `run` ends the stream of
-    every request of the batch still running with that exception."""
+    `run` is an async generator that takes requests with `admit` (from any thread: the
+    LLM calls it from its decode thread) at most `max_batch_size` at once, and yields
+    `Updates` keyed by the keys `admit` gave; each request's text streams to its caller
+    as it comes, and its stream ends when it is finished (or when `run` returns). An
+    exception in `run` ends the stream of every request it had admitted and not finished
+    with that exception."""
 
     def __init__(
-        self, run: Callable[[list[Item]], AsyncIterator[Step]], max_batch_size: int, wait_s: float
+        self, run: Callable[[Admit[Item]], AsyncIterator[Updates]], max_batch_size: int, wait_s: float
     ) -> None:
         if max_batch_size < 1 or wait_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and wait_s >= 0; got {max_batch_size}, {wait_s}")
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
-        self._queue: asyncio.Queue[_Request[Item]] | None = None
+        # appended on the event loop, taken by `admit` in the decode thread: deque's
+        # append and popleft are atomic
+        self._waiting: collections.deque[_Request[Item]] = collections.deque()
+        self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None  # held: asyncio keeps only weak references to tasks
 
     async def submit(self, item: Item) -> AsyncIterator[str]:
         """The text of `item`'s request, piece by piece."""
         request = _Request(item)
-        self._waiting().put_nowait(request)
+        self._waiting.append(request)
+        self._wake()
         while True:
             piece = await request.out.get()
             if piece is _END:
@@ -67,35 +78,42 @@ class FreeBatcher(Generic[Item]):
                 raise piece
             yield piece
 
-    def _waiting(self) -> asyncio.Queue[_Request[Item]]:
+    def _wake(self) -> None:
         # created on first use: a Serve replica's constructor runs before its event loop
-        if self._queue is None:
-            self._queue = asyncio.Queue()
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._run_batches())
-        return self._queue
+        self._arrived.set()
 
     async def _run_batches(self) -> None:
-        queue = self._waiting()
+        assert self._arrived is not None
         while True:
-            batch = [await queue.get()]
-            deadline = batch[0].arrived + self.wait_s
-            while len(batch) < self.max_batch_size:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+            self._arrived.clear()
+            if not self._waiting:
+                await self._arrived.wait()
+                continue
+            deadline = self._waiting[0].arrived + self.wait_s
+            while len(self._waiting) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                self._arrived.clear()
                 try:
-                    batch.append(await asyncio.wait_for(queue.get(), left))
+                    await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-            await self._run_one(batch)
+            await self._run_one()
 
-    async def _run_one(self, batch: list[_Request[Item]]) -> None:
+    async def _run_one(self) -> None:
+        admitted: list[_Request[Item]] = []
+
+        def admit(held: int) -> list[tuple[Hashable, Item]]:
+            taken = []
+            while len(taken) < self.max_batch_size - held and self._waiting:
+                taken.append(self._waiting.popleft())
+            admitted.extend(taken)
+            return [(request, request.item) for request in taken]
+
         try:
-            async for step in self.run([request.item for request in batch]):
-                for request, (text, finished) in zip(batch, step, strict=True):
+            async for updates in self.run(admit):
+                for request, (text, finished) in updates.items():
                     if request.finished:
                         continue
                     if text:
@@ -103,7 +121,7 @@ class FreeBatcher(Generic[Item]):
                     if finished:
                         request.finish()
         except Exception as exc:  # the batch's requests fail with it; the next batch runs
-            for request in batch:
+            for request in admitted:
                 request.finish(exc)
-        for request in batch:
+        for request in admitted:
             request.finish()

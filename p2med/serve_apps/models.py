@@ -3,8 +3,8 @@
 - `VisionEncoder`: uploaded files -> what the LLM reads for the image, (N + K, D): decoded
   by the ingest's preprocessing (`uploads`), encoded and resampled in batches.
 - `LLM`: a prompt and its images' encodings -> the completion as a stream of text,
-  generated with the KV cache in batches formed when the model is free (`batching`);
-  each request stops at its own length.
+  generated with the KV cache in one running batch that requests join between steps
+  (`batching`); each request stops at its own length.
 
 Both load the same model folder; model compute runs in a worker thread so that a replica
 keeps taking requests (and streaming) while it computes.
@@ -13,9 +13,8 @@ keeps taking requests (and streaming) while it computes.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Hashable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +23,12 @@ from ray import serve
 
 from p2med.model.checkpoint import load_model
 from p2med.model.config import ModelConfig
-from p2med.model.generation import GenerationSettings, encode_prompts, stream
+from p2med.model.generation import GenerationSettings, RunningBatch, TextStream, encode_prompts
 from p2med.model.interleave import MODALITIES, Images
 from p2med.platform.data.imaging import ImagingConfig
 from p2med.platform.storage import resolve
 from p2med.serve_apps.background import iterate_ahead
-from p2med.serve_apps.batching import FreeBatcher, Step
+from p2med.serve_apps.batching import Admit, JoiningBatcher, Updates
 from p2med.serve_apps.errors import BadUpload, ClientError
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
 from p2med.serve_apps.uploads import decode_upload
@@ -105,22 +104,11 @@ class VisionEncoder:
         return list(self.model.encode_images(images).float().cpu().numpy())
 
 
-# A streaming request's text goes to the event loop once per this many seconds of steps:
-# each post wakes the loop, which then holds the GIL the decode needs (posting every 4 ms
-# step instead cost ~5 ms more per 32-token request, timed inside a replica)
+# A streaming request's text goes to the event loop once per this many seconds of steps,
+# and waiting requests join the batch as often: each post wakes the loop, which then holds
+# the GIL the decode needs (posting every 4 ms step instead cost ~5 ms more per 32-token
+# request, timed inside a replica)
 STEP_WINDOW_S = 0.025
-
-
-def _next_steps(steps: Iterator[list[str | None]], seconds: float) -> list[list[str | None]]:
-    """The next decode steps of a batch (each: the text deltas of its rows), as many as run
-    in `seconds` and at least one; [] once every row has stopped."""
-    until = time.perf_counter() + seconds
-    chunk = []
-    for deltas in steps:  # a break leaves the generator where it is
-        chunk.append(deltas)
-        if time.perf_counter() >= until:
-            break
-    return chunk
 
 
 @dataclass(frozen=True)
@@ -146,12 +134,21 @@ class _Job:
     streaming: bool  # its text goes out as it comes; else in one piece when it ends
 
 
+@dataclass
+class _Row:
+    """A request in the running batch: the text it has not been sent yet."""
+
+    job: _Job
+    text: TextStream
+    unsent: str = ""
+
+
 @serve.deployment
 class LLM:
     def __init__(self, settings: ServeSettings) -> None:
         self.model, self.tokenizer = load_served_model(settings, settings.llm)
         batch = settings.llm.batch
-        self._batcher = FreeBatcher(self._decode, batch.max_batch_size, batch.batch_wait_timeout_s)
+        self._batcher = JoiningBatcher(self._decode, batch.max_batch_size, batch.batch_wait_timeout_s)
 
     async def stream(self, completion: Completion, *encoded: np.ndarray) -> AsyncIterator[str]:
         """The completion's text, piece by piece; `encoded`: its images' encodings in prompt order.
@@ -185,60 +182,55 @@ class LLM:
         async for piece in self._batcher.submit(job):
             yield piece
 
-    def _decode(self, batch: list[_Job]) -> AsyncIterator[Step]:
-        """Per yield, each request's new text and whether it is finished (see `_steps`),
-        computed in a worker thread that does not wait for the event loop between yields."""
-        return iterate_ahead(self._steps(batch))
+    def _decode(self, admit: Admit[_Job]) -> AsyncIterator[Updates]:
+        """Updates of the running batch's requests (see `_steps`), computed in a worker
+        thread that does not wait for the event loop between them."""
+        return iterate_ahead(self._steps(admit))
 
-    def _steps(self, batch: list[_Job]) -> Iterator[Step]:
-        """The batch's decode steps, `STEP_WINDOW_S` at a time (see `_next_steps`), yielded
-        when a request has ended or one that streams has new text: a request that does not
-        stream gets its text in one piece, and a batch of such requests wakes the event loop
-        once per request, not per window. Requests with the same sampling settings decode as
-        one batch; the groups take turns."""
-        completions = [job.completion for job in batch]
-        groups: dict[tuple, list[int]] = {}
-        for i, completion in enumerate(completions):
-            groups.setdefault(completion.sampling(), []).append(i)
-        encoded = [job.encoded for job in batch]
-        streams = [(rows, self._stream(rows, completions, encoded)) for rows in groups.values()]
-        produced = [0] * len(batch)
-        ended = [False] * len(batch)
-        texts = [""] * len(batch)
-        while not all(ended):
-            any_ended = False
-            for rows, steps in streams:
-                if all(ended[i] for i in rows):
-                    continue
-                for deltas in _next_steps(steps, STEP_WINDOW_S) or [[None] * len(rows)]:  # none: all stopped
-                    for i, delta in zip(rows, deltas, strict=True):
-                        if ended[i]:
-                            continue
-                        produced[i] += 1
-                        if delta is None or produced[i] > completions[i].max_tokens:
-                            ended[i] = any_ended = True
-                        else:
-                            texts[i] += delta
-            ready = [job.streaming or done for job, done in zip(batch, ended, strict=True)]
-            if any_ended or any(r and text for r, text in zip(ready, texts, strict=True)):
-                yield [
-                    (text, done) if r else ("", False)
-                    for r, text, done in zip(ready, texts, ended, strict=True)
-                ]
-                texts = ["" if r else text for r, text in zip(ready, texts, strict=True)]
+    def _steps(self, admit: Admit[_Job]) -> Iterator[Updates]:
+        """The running batch, `STEP_WINDOW_S` of decode steps at a time: waiting requests
+        join before each window, and after it come the updates of requests that ended or
+        stream and have new text. A request that does not stream gets its text in one
+        piece, so a batch of such requests wakes the event loop once per request, not per
+        window. Returns when no request is left in the batch or waiting."""
+        batch = RunningBatch(self.model, self.tokenizer)
+        rows: dict[Hashable, _Row] = {}
+        while True:
+            if joining := admit(len(batch)):
+                self._join(batch, rows, joining)
+            if not batch:
+                return
+            until = time.perf_counter() + STEP_WINDOW_S
+            ended = []
+            while batch:
+                for key, (token, finished) in batch.step().items():
+                    if token is not None:
+                        rows[key].unsent += rows[key].text.add(token)
+                    if finished:
+                        ended.append(key)
+                if time.perf_counter() >= until:
+                    break
+            updates: Updates = {key: (rows.pop(key).unsent, True) for key in ended}
+            for key, row in rows.items():
+                if row.job.streaming and row.unsent:
+                    updates[key], row.unsent = (row.unsent, False), ""
+            if updates:
+                yield updates
 
-    def _stream(
-        self, rows: list[int], completions: list[Completion], encoded: list[list[np.ndarray]]
-    ) -> Iterator[list[str | None]]:
-        """The text deltas of rows `rows` of the batch, decoded together."""
-        first = completions[rows[0]]
-        settings = GenerationSettings(
-            max_new_tokens=max(completions[i].max_tokens for i in rows),
-            temperature=first.temperature,
-            top_p=first.top_p,
-            seed=first.seed,
-        )
-        ids, mask = encode_prompts(self.tokenizer, [completions[i].prompt for i in rows])
-        arrays = list(itertools.chain.from_iterable(encoded[i] for i in rows))
+    def _join(
+        self, batch: RunningBatch, rows: dict[Hashable, _Row], joining: list[tuple[Hashable, _Job]]
+    ) -> None:
+        keys = [key for key, _ in joining]
+        completions = [job.completion for _, job in joining]
+        ids, mask = encode_prompts(self.tokenizer, [completion.prompt for completion in completions])
+        arrays = [array for _, job in joining for array in job.encoded]
         images = torch.from_numpy(np.stack(arrays)) if arrays else None
-        yield from stream(self.model, self.tokenizer, ids, mask, images, settings)
+        settings = [
+            GenerationSettings(
+                max_new_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed
+            )
+            for c in completions
+        ]
+        batch.join(keys, ids, mask, images, settings)
+        for key, job in joining:
+            rows[key] = _Row(job, TextStream(self.tokenizer))

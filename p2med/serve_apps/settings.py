@@ -47,7 +47,7 @@ class ReplicaSettings(Config):
 
 class BatchSettings(Config):
     """How a model deployment gathers concurrent requests into one batch (the VisionEncoder
-    with `@serve.batch`, the LLM with `batching.FreeBatcher`)."""
+    with `@serve.batch`, the LLM with `batching.JoiningBatcher`)."""
 
     max_batch_size: int = Field(8, ge=1)
     """1 disables batching."""

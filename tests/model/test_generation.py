@@ -1,5 +1,6 @@
-"""Generation: the KV cache changes nothing, batching changes nothing, stops and limits
-hold, streaming adds up, and text-only decoding matches transformers' own `generate`."""
+"""Generation: the KV cache changes nothing, batching changes nothing (rows joining a
+running batch included), stops and limits hold, streaming adds up, and text-only decoding
+matches transformers' own `generate`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from p2med.model.generation import (
     GenerationSettings,
+    RunningBatch,
     TextStream,
     encode_prompts,
     generate,
@@ -154,3 +156,56 @@ def test_generating_from_encoded_images_is_generating_from_the_images(model, tok
     ids, mask = encode_prompts(tokenizer, PROMPTS)
     with pytest.raises(ValueError, match="encoded images must be"):
         list(generate_tokens(model, tokenizer, ids, mask, encoded[:1], settings))
+
+
+def decode_running(model, tokenizer, joins: dict[int, list[tuple[str, str, GenerationSettings]]]):
+    """Rows (key, prompt, settings) joining one RunningBatch before the step numbered in
+    `joins`; every row's tokens, and the largest batch seen."""
+    batch = RunningBatch(model, tokenizer)
+    out: dict[str, list[int]] = {}
+    largest, step = 0, 0
+    while batch or any(at >= step for at in joins):
+        if step in joins:
+            keys, prompts, settings = zip(*joins[step], strict=True)
+            ids, mask = encode_prompts(tokenizer, list(prompts))
+            batch.join(list(keys), ids, mask, None, list(settings))
+        largest = max(largest, len(batch))
+        for key, (token, _) in batch.step().items() if batch else ():
+            if token is not None:
+                out.setdefault(key, []).append(token)
+        step += 1
+    return out, largest
+
+
+def test_rows_joining_a_running_batch_decode_as_they_would_alone(model, tokenizer):
+    """Rows join at different steps with prompts of different lengths (the cache is
+    left-padded to the longer), leave at their own limits (its columns are cut), and each
+    gets the tokens it gets alone."""
+    prompts = {"a": "Impression:", "b": "Findings: consolidation in the right lower lobe", "c": "The"}
+    limits = {"a": 9, "b": 4, "c": 7}
+    joins = {
+        0: [("a", prompts["a"], GenerationSettings(max_new_tokens=limits["a"]))],
+        2: [("b", prompts["b"], GenerationSettings(max_new_tokens=limits["b"]))],
+        7: [("c", prompts["c"], GenerationSettings(max_new_tokens=limits["c"]))],
+    }
+    together, largest = decode_running(model, tokenizer, joins)
+    alone = {
+        key: tokens(model, tokenizer, [prompt], None, GenerationSettings(max_new_tokens=limits[key]))[0]
+        for key, prompt in prompts.items()
+    }
+    assert together == alone
+    assert largest == 2  # b joined a, and left before c came
+    assert [len(together[key]) for key in "abc"] == [9, 4, 7]
+
+
+def test_a_seeded_row_samples_the_same_in_any_batch(model, tokenizer):
+    seeded = GenerationSettings(max_new_tokens=10, temperature=1.5, seed=7)
+    alone, _ = decode_running(model, tokenizer, {0: [("s", "Impression:", seeded)]})
+    greedy = GenerationSettings(max_new_tokens=10)
+    mixed, _ = decode_running(
+        model, tokenizer, {0: [("g", "Findings:", greedy)], 3: [("s", "Impression:", seeded)]}
+    )
+    other_seed = GenerationSettings(max_new_tokens=10, temperature=1.5, seed=8)
+    different, _ = decode_running(model, tokenizer, {0: [("s", "Impression:", other_seed)]})
+    assert mixed["s"] == alone["s"] != different["s"]
+    assert mixed["g"] == tokens(model, tokenizer, ["Findings:"], None, greedy)[0]
