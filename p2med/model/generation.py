@@ -118,11 +118,7 @@ class RunningBatch:
 
     def __init__(self, model: P2MedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.keys: list[Hashable] = []
-        self._settings: list[GenerationSettings] = []
-        self._generators: list[torch.Generator | None] = []
-        self._stops: list[set[int]] = []
-        self._left: list[int] = []  # tokens each row may still produce
+        self._rows: list[_Row] = []
         self._banned = _banned_ids(model, tokenizer)
         self._cache: DynamicCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # (B, T)
@@ -130,7 +126,7 @@ class RunningBatch:
         self._logits = torch.zeros(0, 0)  # (B, V): each row's next-token logits
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._rows)
 
     @torch.inference_mode()
     def join(
@@ -162,11 +158,9 @@ class RunningBatch:
         )
         eos = self.tokenizer.eos_token_id
         for key, row_settings, row_room in zip(keys, settings, room.tolist(), strict=True):
-            self.keys.append(key)
-            self._settings.append(row_settings)
-            self._generators.append(_generator(row_settings, device))
-            self._stops.append({eos, *row_settings.stop_token_ids})
-            self._left.append(min(row_settings.max_new_tokens, row_room))
+            stops = {eos, *row_settings.stop_token_ids}
+            left = min(row_settings.max_new_tokens, row_room)
+            self._rows.append(_Row(key, row_settings, _generator(row_settings, device), stops, left))
         logits = self._next_logits(out.logits)
         if self._cache is None:
             self._cache, self._mask, self._logits = out.cache, prefix.attention_mask, logits
@@ -193,18 +187,19 @@ class RunningBatch:
         """Every row's next token: key -> (token, finished). A row that picked a stop token
         gets (None, True); one that reached its token limit, its last token and True. Rows
         that finished leave the batch; the others take one forward pass."""
-        picked = _pick_rows(self._logits, self._settings, self._generators).tolist()
+        rows = self._rows
+        picked = _pick_rows(self._logits, [r.settings for r in rows], [r.generator for r in rows]).tolist()
         results: dict[Hashable, tuple[int | None, bool]] = {}
         staying = []
-        for i, (key, token) in enumerate(zip(self.keys, picked, strict=True)):
-            if token in self._stops[i]:
-                results[key] = (None, True)
+        for i, (row, token) in enumerate(zip(rows, picked, strict=True)):
+            if token in row.stops:
+                results[row.key] = (None, True)
                 continue
-            self._left[i] -= 1
-            results[key] = (token, self._left[i] == 0)
-            if self._left[i] > 0:
+            row.left -= 1
+            results[row.key] = (token, row.left == 0)
+            if row.left > 0:
                 staying.append(i)
-        if len(staying) < len(self.keys):
+        if len(staying) < len(rows):
             self._keep(staying)
         if staying:
             tokens = torch.tensor([picked[i] for i in staying], device=self.model.device)
@@ -228,10 +223,7 @@ class RunningBatch:
 
     def _keep(self, rows: list[int]) -> None:
         """Only `rows` stay; cache columns every remaining row masks out are cut."""
-        self.keys = [self.keys[i] for i in rows]
-        for attribute in ("_settings", "_generators", "_stops", "_left"):
-            values = getattr(self, attribute)
-            setattr(self, attribute, [values[i] for i in rows])
+        self._rows = [self._rows[i] for i in rows]
         if not rows:
             self._cache = None
             return
@@ -248,6 +240,17 @@ class RunningBatch:
                 (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self._cache.layers
             ]
         )
+
+
+@dataclass
+class _Row:
+    """A row of a `RunningBatch`."""
+
+    key: Hashable
+    settings: GenerationSettings
+    generator: torch.Generator | None
+    stops: set[int]
+    left: int  # tokens it may still produce
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
