@@ -161,7 +161,7 @@ class RunningBatch:
             stops = {eos, *row_settings.stop_token_ids}
             left = min(row_settings.max_new_tokens, row_room)
             self._rows.append(_Row(key, row_settings, _generator(row_settings, device), stops, left))
-        logits = self._next_logits(out.logits)
+        logits = _next_logits(out.logits, self._banned)
         if self._cache is None:
             self._cache, self._mask, self._logits = out.cache, prefix.attention_mask, logits
             self._positions = prefix.position_ids[:, -1:]
@@ -212,14 +212,8 @@ class RunningBatch:
                 cache=self._cache,
                 use_cache=True,
             )
-            self._cache, self._logits = out.cache, self._next_logits(out.logits)
+            self._cache, self._logits = out.cache, _next_logits(out.logits, self._banned)
         return results
-
-    def _next_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, L, V) -> the last position's (B, V) in float32, tokens never generated at -inf."""
-        last = logits[:, -1].float()
-        last[:, self._banned] = float("-inf")
-        return last
 
     def _keep(self, rows: list[int]) -> None:
         """Only `rows` stay; cache columns every remaining row masks out are cut."""
@@ -251,6 +245,13 @@ class _Row:
     generator: torch.Generator | None
     stops: set[int]
     left: int  # tokens it may still produce
+
+
+def _next_logits(logits: torch.Tensor, banned: list[int]) -> torch.Tensor:
+    """(B, L, V) -> the last position's (B, V) in float32, `banned` tokens at -inf."""
+    last = logits[:, -1].float()
+    last[:, banned] = float("-inf")
+    return last
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -301,8 +302,7 @@ def _generate_uncached(
             use_cache=False,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1].float()
-        logits[:, banned] = float("-inf")
+        logits = _next_logits(out.logits, banned)
         token = _pick_rows(logits, row_settings, generators)
         done |= torch.isin(token, stops)
         if done.all():
