@@ -30,12 +30,12 @@ from p2med.model.presets import tiny
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.synth.cases import make_case
-from p2med.platform.data.synth.generator import SynthConfig
+from p2med.platform.data.synth.generator import SynthSettings
 from p2med.platform.data.synth.reports import report_record
 
 
 def report_texts(count: int) -> list[str]:
-    config = SynthConfig()
+    config = SynthSettings()
     texts = []
     for index in range(count):
         case = make_case(config.seed, index, config.prevalence.model_dump(), config.ct_fraction)

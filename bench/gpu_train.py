@@ -31,8 +31,8 @@ from p2med.model.interleave import IGNORE_INDEX, Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
-from p2med.platform.train.config import DeepSpeedSettings
 from p2med.platform.train.deepspeed_config import deepspeed_config
+from p2med.platform.train.settings import DeepSpeedSettings
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 SHAPES = {

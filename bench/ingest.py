@@ -28,15 +28,15 @@ import numpy as np
 import psutil
 import ray
 
-from p2med.platform.data.deid import DeidConfig, Pseudonymizer, resolve_key
+from p2med.platform.data.deid import DeidSettings, Pseudonymizer, resolve_key
 from p2med.platform.data.ingest import ingest, parse_header_rows, read_headers, rows_per_shard, write_shard
-from p2med.platform.data.ingest_config import IngestConfig
 from p2med.platform.data.ingest_plan import plan
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.raw_store import RECORDS_FILE, REPORTS_FILE, dicom_paths, read_jsonl
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import Location, resolve
 
-CONFIG = IngestConfig(deid=DeidConfig(key="bench-key"))
+CONFIG = IngestSettings(deid=DeidSettings(key="bench-key"))
 
 
 class PeakMemory:
@@ -66,7 +66,7 @@ class PeakMemory:
         return self.peak / 2**30
 
 
-def single_process(raw: Location, out: str, config: IngestConfig) -> int:
+def single_process(raw: Location, out: str, config: IngestSettings) -> int:
     """The same steps as `ingest`, in a plain loop in this process. Returns rows written."""
     pseudonyms = Pseudonymizer(resolve_key(config.deid))
     paths = dicom_paths(raw)
@@ -86,7 +86,7 @@ def single_process(raw: Location, out: str, config: IngestConfig) -> int:
 def make_raw(root: str, patients: int) -> Location:
     raw = resolve(os.path.join(root, f"raw-{patients}"))
     started = time.perf_counter()
-    generate(SynthConfig(patients=patients, faults=True, seed=11), raw, progress=False)
+    generate(SynthSettings(patients=patients, faults=True, seed=11), raw, progress=False)
     print(f"setup: {patients} patients generated in {time.perf_counter() - started:.0f} s")
     return raw
 

@@ -41,12 +41,12 @@ import torch
 
 from p2med.model.tokenizer import train_bpe_tokenizer
 from p2med.platform.config import read_config_file
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.stage_datasets import (
-    StageDataConfig,
+    StageDataSettings,
     StreamSpec,
     corpus,
     encode_rows,
@@ -56,24 +56,24 @@ from p2med.platform.data.stage_datasets import (
     stage_dataset,
     stream_spec,
 )
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.local_s3 import local_s3_server
-from p2med.platform.storage import Location, StorageConfig, resolve
+from p2med.platform.storage import Location, StorageSettings, resolve
 
 STAGE, SPLIT = 3, "train"
 KEY, SECRET, REGION = "bench", "bench-secret", "us-east-1"
 
 
 @contextlib.contextmanager
-def s3_server() -> Iterator[StorageConfig]:
+def s3_server() -> Iterator[StorageSettings]:
     """A moto S3 server in its own process, as the tests run it."""
     with local_s3_server() as url:
-        yield StorageConfig(endpoint_url=url, access_key_id=KEY, secret_access_key=SECRET, region=REGION)
+        yield StorageSettings(endpoint_url=url, access_key_id=KEY, secret_access_key=SECRET, region=REGION)
 
 
 def prepare(
-    patients: int, imaging: ImagingConfig, storage: StorageConfig, root: str
-) -> tuple[Location, StageDataConfig]:
+    patients: int, imaging: ImagingSettings, storage: StorageSettings, root: str
+) -> tuple[Location, StageDataSettings]:
     """Generate, ingest into a new bucket, train a tokenizer: the shards and the stream config."""
     bucket = f"p2med-bench-{uuid.uuid4().hex[:8]}"
     boto3.client(
@@ -84,17 +84,17 @@ def prepare(
         region_name=REGION,
     ).create_bucket(Bucket=bucket)
     raw = resolve(os.path.join(root, "raw"))
-    synth = SynthConfig(patients=patients, ct_fraction=0.3, workers=len(os.sched_getaffinity(0)), seed=11)
+    synth = SynthSettings(patients=patients, ct_fraction=0.3, workers=len(os.sched_getaffinity(0)), seed=11)
     generate(synth, raw, progress=False)
     shards = resolve(f"s3://{bucket}/shards", storage)
-    ingest(raw, shards, IngestConfig(imaging=imaging, deid=DeidConfig(key="bench-key")))
+    ingest(raw, shards, IngestSettings(imaging=imaging, deid=DeidSettings(key="bench-key")))
     tokenizer = os.path.join(root, "tokenizer")
     train_bpe_tokenizer(corpus(shards, SPLIT), vocab_size=4096).save_pretrained(tokenizer)
-    return shards, StageDataConfig(tokenizer=tokenizer, max_length=256)
+    return shards, StageDataSettings(tokenizer=tokenizer, max_length=256)
 
 
 def ray_batches(
-    shards: Location, config: StageDataConfig, batch_size: int
+    shards: Location, config: StageDataSettings, batch_size: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     yield from stage_dataset(shards, STAGE, SPLIT, config).iter_torch_batches(batch_size=batch_size)
 
@@ -152,7 +152,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="p2med-bench-stream-") as root, s3_server() as storage:
         started = time.perf_counter()
-        imaging = ImagingConfig(**read_config_file(f"ingest/{args.imaging}.yaml")["imaging"])
+        imaging = ImagingSettings(**read_config_file(f"ingest/{args.imaging}.yaml")["imaging"])
         shards, config = prepare(args.patients, imaging, storage, root)
         spec = stream_spec(read_manifest(shards), STAGE, SPLIT, config)
         print(

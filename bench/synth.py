@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import resolve
 
 TARGET_SECONDS = 120.0
@@ -22,7 +22,7 @@ TARGET_SECONDS = 120.0
 
 def run(patients: int, workers: int, root: str) -> float:
     out = resolve(os.path.join(root, f"w{workers}-{patients}"))
-    config = SynthConfig(patients=patients, ct_fraction=1.0, workers=workers, seed=7)
+    config = SynthSettings(patients=patients, ct_fraction=1.0, workers=workers, seed=7)
     summary = generate(config, out, progress=False)
     shutil.rmtree(out.path)
     return summary.seconds

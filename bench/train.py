@@ -37,15 +37,16 @@ import torch
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.stage_config import StageDataConfig
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.stage_settings import StageDataSettings
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import resolve
-from p2med.platform.train.config import (
+from p2med.platform.train.loop import endless_batches, stage_loss
+from p2med.platform.train.settings import (
     AlignmentStageSettings,
     ScalingSettings,
     StageSettings,
@@ -53,7 +54,6 @@ from p2med.platform.train.config import (
     TrackingSettings,
     TrainSettings,
 )
-from p2med.platform.train.loop import endless_batches, stage_loss
 from p2med.platform.train.trainer import model_config_for, train
 
 BATCH = 8
@@ -61,14 +61,14 @@ BATCH = 8
 
 def prepare(root: Path) -> tuple[Path, str]:
     generate(
-        SynthConfig(patients=60, xray_size=192, ct_slices=20, ct_size=80, workers=1),
+        SynthSettings(patients=60, xray_size=192, ct_slices=20, ct_size=80, workers=1),
         resolve(str(root / "raw")),
     )
-    imaging = ImagingConfig(xray_size=96, ct_slices=16, ct_size=64)
+    imaging = ImagingSettings(xray_size=96, ct_slices=16, ct_size=64)
     ingest(
         resolve(str(root / "raw")),
         resolve(str(root / "shards")),
-        IngestConfig(imaging=imaging, deid=DeidConfig(key="b")),
+        IngestSettings(imaging=imaging, deid=DeidSettings(key="b")),
     )
     tokenizer = train_bpe_tokenizer(corpus(resolve(str(root / "shards"))), vocab_size=2048)
     tokenizer.save_pretrained(str(root / "tokenizer"))
@@ -79,7 +79,7 @@ def baseline(shards: Path, tokenizer_dir: str, steps: int, warmup: int, settings
     """Samples/s of a plain loop: the same model, loss, optimizer and batches."""
     torch.set_num_threads(1)
     data = stage_dataset(
-        resolve(str(shards)), 3, "train", StageDataConfig(tokenizer=tokenizer_dir, max_length=256)
+        resolve(str(shards)), 3, "train", StageDataSettings(tokenizer=tokenizer_dir, max_length=256)
     )
     tokenizer = load_tokenizer(tokenizer_dir)
     config = model_config_for(settings, read_manifest(resolve(str(shards))))

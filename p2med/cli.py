@@ -83,8 +83,8 @@ def _dispatch(args: list[str]) -> int:
 
 def job_config(module: ModuleType, name: str, args: list[str]) -> Any:
     """The typed config of job `name` from its command-line arguments (validated)."""
-    config_file, overrides = _split_args(name, args, module.Config)
-    return load_config(module.Config, config_file, overrides)
+    config_file, overrides = _split_args(name, args, module.JobSettings)
+    return load_config(module.JobSettings, config_file, overrides)
 
 
 def _split_args(job: str, args: list[str], config_cls) -> tuple[str | None, list[str]]:
@@ -128,7 +128,7 @@ def _main_help() -> str:
 
 
 def _job_help(name: str, module: ModuleType) -> str:
-    rows = describe_fields(module.Config)
+    rows = describe_fields(module.JobSettings)
     key_w = max(len(r[0]) for r in rows)
     type_w = max(len(r[1]) for r in rows)
     lines = [f"  {k:<{key_w}}  {t:<{type_w}}  default {d}\n  {'':<{key_w}}  {desc}" for k, t, d, desc in rows]

@@ -11,7 +11,7 @@ import pytest
 
 from p2med.platform.local_s3 import local_s3_server
 from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
-from p2med.platform.storage import StorageConfig
+from p2med.platform.storage import StorageSettings
 
 use_local_ray_env()  # before a test module imports Ray Serve (see its docstring)
 
@@ -33,8 +33,8 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def s3_storage(s3_endpoint) -> StorageConfig:
-    return StorageConfig(
+def s3_storage(s3_endpoint) -> StorageSettings:
+    return StorageSettings(
         endpoint_url=s3_endpoint,
         access_key_id=S3_KEY,
         secret_access_key=S3_SECRET,
@@ -68,7 +68,7 @@ def ray_local():
 
 
 @pytest.fixture(params=["local", "s3"])
-def location_uri(request, tmp_path) -> tuple[str, StorageConfig | None]:
+def location_uri(request, tmp_path) -> tuple[str, StorageSettings | None]:
     """The same test on local disk and on the local S3 server: (URI, storage config)."""
     if request.param == "local":
         return str(tmp_path / "store"), None

@@ -1,4 +1,4 @@
-"""Every YAML file in the tree loads; job configs validate against their job's Config."""
+"""Every YAML file in the tree loads; job configs validate against their job's JobSettings."""
 
 from __future__ import annotations
 
@@ -36,4 +36,4 @@ def test_yaml_file_loads(path):
         assert job in JOBS, f"{path}: folder {job!r} names no job"
         first = text.splitlines()[0]
         assert first.startswith(f"# p2med {job} --config "), "a job config opens with its command"
-        load_config(JOBS[job].load().Config, str(path))
+        load_config(JOBS[job].load().JobSettings, str(path))

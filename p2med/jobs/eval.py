@@ -9,21 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from p2med.platform.eval.settings import EvalSettings
-from p2med.platform.storage import StorageConfig
+from p2med.platform.storage import StorageSettings
 
 
-class Config(EvalSettings):
+class JobSettings(EvalSettings):
     model: str = "runs/train/stage3/model"
     """The model folder to evaluate (a stage's `model/`): a local path, file:// or s3:// URI."""
     shards: str = "data/shards"
     """The ingest whose bench split makes the benchmark."""
     out: str = "runs/eval"
     """Where metrics.json, samples.jsonl and report.html go."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> dict[str, Any]:
+def run(config: JobSettings) -> dict[str, Any]:
     """Evaluate; the metrics that metrics.json holds."""
     from p2med.platform.eval.evaluate import evaluate
     from p2med.platform.storage import resolve

@@ -6,27 +6,27 @@ p2med ingest --config ingest/default.yaml raw=s3://bucket/raw shards=s3://bucket
 
 from __future__ import annotations
 
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.storage import StorageConfig
+from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.storage import StorageSettings
 
 
-class Config(IngestConfig):
+class JobSettings(IngestSettings):
     raw: str = "data/raw"
     """The raw store to read: a local path, file:// or s3:// URI."""
     shards: str = "data/shards"
     """Where to write the shards and their manifest."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> None:
+def run(config: JobSettings) -> None:
     from p2med.platform.data.ingest import ingest
     from p2med.platform.storage import resolve
 
     raw, shards = resolve(config.raw, config.storage), resolve(config.shards, config.storage)
     print(f"ingest: {raw.uri} -> {shards.uri}")
     s = ingest(
-        raw, shards, IngestConfig.model_validate(config.model_dump(exclude={"raw", "shards", "storage"}))
+        raw, shards, IngestSettings.model_validate(config.model_dump(exclude={"raw", "shards", "storage"}))
     )
     print(
         f"ingest: {s.patients} patients from {s.files_read} DICOM files in {s.seconds:.1f} s "

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 
-from p2med.platform.config import Config as BaseConfig
-from p2med.platform.config import load_config, validate
-from p2med.platform.data.imaging import ImagingConfig
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.synth import SynthConfig
-from p2med.platform.eval.settings import EvalSettings, InferenceConfig
-from p2med.platform.storage import StorageConfig
-from p2med.platform.train.config import TrainSettings
+from p2med.platform.config import Settings, load_config, validate
+from p2med.platform.data.imaging import ImagingSettings
+from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.synth import SynthSettings
+from p2med.platform.eval.settings import EvalSettings, InferenceSettings
+from p2med.platform.storage import StorageSettings
+from p2med.platform.train.settings import TrainSettings
 from p2med.serve_apps.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def _tiny_training() -> TrainSettings:
     return load_config(TrainSettings, "train/tiny.yaml")
 
 
-class Config(BaseConfig):
+class JobSettings(Settings):
     root: str = "runs"
     """Where run directories go (<root>/<date>-<time>/): a local path, file:// or s3:// URI."""
     resume: str | None = None
@@ -49,39 +48,41 @@ class Config(BaseConfig):
     `serving` come from this command)."""
     serve: bool = True
     """After the evaluation, serve the model (API and Gradio demo) until Ctrl-C; `--no-serve` ends there."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
     # 1200 patients: the finding head is what limits the reports, and it learns from the
     # number of images more than from more steps over the same ones (bench X-ray head F1
     # after 600 steps: 0.91 on 432 training X-rays, 0.95 on 837; 200 patients gave
     # xray_report findings F1 0.77). They cost ~15 s of synth and ingest.
-    synth: SynthConfig = SynthConfig(patients=1200, ct_fraction=0.5, xray_size=256, ct_slices=16, ct_size=96)
+    synth: SynthSettings = SynthSettings(
+        patients=1200, ct_fraction=0.5, xray_size=256, ct_slices=16, ct_size=96
+    )
     """The synthetic P2Med-MD set to generate."""
     # 8 CT slices: a CT then costs the encoder about two X-rays instead of four (stage 2's
     # 400 vision steps took 160 s instead of 265 s, 0.39 s a step instead of 0.60)
-    ingest: IngestConfig = IngestConfig(
-        imaging=ImagingConfig(xray_size=128, ct_slices=8, ct_size=64), shard_target_mb=8
+    ingest: IngestSettings = IngestSettings(
+        imaging=ImagingSettings(xray_size=128, ct_slices=8, ct_size=64), shard_target_mb=8
     )
     """Shards at the tiny preset's image sizes. No deid.key and no $P2MED_DEID_KEY: a random
     key for this run, never stored (its pseudonyms cannot be recomputed)."""
     train: TrainSettings = Field(default_factory=_tiny_training)
     """Three-stage training; the defaults are train/tiny.yaml."""
     # two one-CPU actors: generation is one torch thread per actor, and training is done
-    eval: EvalSettings = EvalSettings(inference=InferenceConfig(replicas=2))
+    eval: EvalSettings = EvalSettings(inference=InferenceSettings(replicas=2))
     """The benchmark, its controls and inference."""
     serving: ServeSettings = ServeSettings()
     """The API and the demo (`model` is the run's stage-3 model). No api_keys and no
     $P2MED_API_KEYS: a random key for this session, printed on the console."""
 
 
-def run(config: Config) -> None:
+def run(config: JobSettings) -> None:
     from p2med.platform.ray_runtime import ensure_ray
     from p2med.platform.run_directory import RunDirectory
     from p2med.platform.storage import resolve
 
     if config.resume:
         run_dir = RunDirectory.open(resolve(config.resume, config.storage))
-        saved = validate(Config, run_dir.saved_settings())
+        saved = validate(JobSettings, run_dir.saved_settings())
         config = saved.model_copy(
             update={key: getattr(config, key) for key in ("resume", "serve", "storage", "serving")}
         )
@@ -115,38 +116,40 @@ def run(config: Config) -> None:
         _serve(config, run_dir)
 
 
-def _synth(config: Config, run_dir: RunDirectory) -> dict[str, Any]:
+def _synth(config: JobSettings, run_dir: RunDirectory) -> dict[str, Any]:
     from p2med.jobs import synth
 
-    synth.run(synth.Config(**config.synth.model_dump(), out=run_dir.join("raw").uri, storage=config.storage))
+    synth.run(
+        synth.JobSettings(**config.synth.model_dump(), out=run_dir.join("raw").uri, storage=config.storage)
+    )
     return {}
 
 
-def _ingest(config: Config, run_dir: RunDirectory) -> dict[str, Any]:
+def _ingest(config: JobSettings, run_dir: RunDirectory) -> dict[str, Any]:
     from p2med.jobs import ingest
-    from p2med.platform.data.deid import KEY_ENV, DeidConfig
+    from p2med.platform.data.deid import KEY_ENV, DeidSettings
 
     settings = config.ingest
     if settings.deid.key is None and not os.environ.get(KEY_ENV):
         print(f"quickstart: de-identifying with a random key for this run (set ${KEY_ENV} to use your own)")
-        settings = settings.model_copy(update={"deid": DeidConfig(key=SecretStr(secrets.token_hex(16)))})
+        settings = settings.model_copy(update={"deid": DeidSettings(key=SecretStr(secrets.token_hex(16)))})
     shards = run_dir.join("shards")
     shards.remove()  # an interrupted ingest starts over
     ingest.run(
-        ingest.Config(
+        ingest.JobSettings(
             **dict(settings), raw=run_dir.join("raw").uri, shards=shards.uri, storage=config.storage
         )
     )
     return {}
 
 
-def _train(config: Config, run_dir: RunDirectory) -> dict[str, Any]:
+def _train(config: JobSettings, run_dir: RunDirectory) -> dict[str, Any]:
     from p2med.jobs import train
     from p2med.platform.train.trainer import has_progress
 
     output = run_dir.join("train")
     summary = train.run(
-        train.Config(
+        train.JobSettings(
             **dict(config.train),
             shards=run_dir.join("shards").uri,
             output=output.uri,
@@ -157,11 +160,11 @@ def _train(config: Config, run_dir: RunDirectory) -> dict[str, Any]:
     return {"stages": {f"stage{s.stage}": round(s.seconds, 1) for s in summary.stages if not s.skipped}}
 
 
-def _eval(config: Config, run_dir: RunDirectory) -> dict[str, Any]:
+def _eval(config: JobSettings, run_dir: RunDirectory) -> dict[str, Any]:
     from p2med.jobs import eval as eval_job
 
     metrics = eval_job.run(
-        eval_job.Config(
+        eval_job.JobSettings(
             **dict(config.eval),
             model=run_dir.join("train", "stage3", "model").uri,
             shards=run_dir.join("shards").uri,
@@ -206,7 +209,7 @@ def _print_summary(run_dir: RunDirectory, seconds: float) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _serve(config: Config, run_dir: RunDirectory) -> None:
+def _serve(config: JobSettings, run_dir: RunDirectory) -> None:
     from p2med.serve_apps.server import serve_forever
 
     serving = config.serving.model_copy(

@@ -7,10 +7,10 @@ p2med serve model=runs/train/stage3/model open_access=true     # a demo on a tru
 
 from __future__ import annotations
 
-from p2med.serve_apps.settings import ServeSettings as Config
+from p2med.serve_apps.settings import ServeSettings as JobSettings
 
 
-def run(config: Config) -> None:
+def run(config: JobSettings) -> None:
     from p2med.serve_apps.server import serve_forever
 
     serve_forever(config)

@@ -6,21 +6,21 @@ p2med synth --config synth/small.yaml out=s3://bucket/raw storage.endpoint_url=h
 
 from __future__ import annotations
 
-from p2med.platform.data.synth import SynthConfig, generate
-from p2med.platform.storage import StorageConfig, resolve
+from p2med.platform.data.synth import SynthSettings, generate
+from p2med.platform.storage import StorageSettings, resolve
 
 
-class Config(SynthConfig):
+class JobSettings(SynthSettings):
     out: str = "data/raw"
     """Where to write the raw store: a local path, file:// or s3:// URI."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> None:
+def run(config: JobSettings) -> None:
     out = resolve(config.out, config.storage)
     print(f"synth: generating {config.patients} patients (seed {config.seed}) into {out.uri}")
-    s = generate(SynthConfig.model_validate(config.model_dump(exclude={"out", "storage"})), out)
+    s = generate(SynthSettings.model_validate(config.model_dump(exclude={"out", "storage"})), out)
     diagnoses = ", ".join(f"{k} {v}" for k, v in s.diagnoses.items())
     print(
         f"synth: wrote {s.patients} patients in {s.seconds:.1f} s ({s.patients_per_second:.1f} patients/s, "

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from p2med.platform.storage import StorageConfig
-from p2med.platform.train.config import TrainSettings
+from p2med.platform.storage import StorageSettings
+from p2med.platform.train.settings import TrainSettings
 
 if TYPE_CHECKING:
     from p2med.platform.train.trainer import TrainSummary
 
 
-class Config(TrainSettings):
+class JobSettings(TrainSettings):
     stage: Literal[1, 2, 3, "all"] = "all"
     """Which stage to train (each starts from the previous stage's model), or all three."""
     shards: str = "data/shards"
@@ -25,11 +25,11 @@ class Config(TrainSettings):
     """Where the stages, checkpoints, tokenizer and MLflow runs go."""
     resume: bool = False
     """Continue: skip finished stages and go on from the latest checkpoint of the current one."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
 
 
-def run(config: Config) -> TrainSummary:
+def run(config: JobSettings) -> TrainSummary:
     from p2med.platform.storage import resolve
     from p2med.platform.train.trainer import train
 

@@ -52,7 +52,7 @@ class ResamplerConfig:
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraConfig:
     """LoRA on the LLM (peft)."""
 
     rank: int = 16
@@ -81,7 +81,7 @@ class LLMConfig:
     kv_heads: int = 4
     intermediate_size: int = 688
     max_positions: int = 1024
-    lora: LoraSettings = LoraSettings()
+    lora: LoraConfig = LoraConfig()
 
 
 @dataclass(frozen=True)
@@ -133,4 +133,4 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-_NESTED = {c.__name__: c for c in (VisionConfig, ResamplerConfig, LLMConfig, LoraSettings)}
+_NESTED = {c.__name__: c for c in (VisionConfig, ResamplerConfig, LLMConfig, LoraConfig)}

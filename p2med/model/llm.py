@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 
+import peft
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftModel, TaskType, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from p2med.model.config import LLMConfig, LoraSettings
+from p2med.model.config import LLMConfig, LoraConfig
 
 
 def llama_config(
@@ -42,9 +43,9 @@ def load_llama(directory: str, dtype: torch.dtype) -> LlamaForCausalLM:
     return LlamaForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
 
 
-def add_lora(llm: LlamaForCausalLM, settings: LoraSettings) -> PeftModel:
+def add_lora(llm: LlamaForCausalLM, settings: LoraConfig) -> PeftModel:
     """Wrap `llm` with LoRA adapters (B = 0 at first, so outputs do not change)."""
-    config = LoraConfig(
+    config = peft.LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=settings.rank,
         lora_alpha=settings.alpha,

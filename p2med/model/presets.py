@@ -11,7 +11,7 @@ import fsspec
 import torch
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase
 
-from p2med.model.config import LLMConfig, LoraSettings, ModelConfig, ResamplerConfig, VisionConfig
+from p2med.model.config import LLMConfig, LoraConfig, ModelConfig, ResamplerConfig, VisionConfig
 from p2med.model.files import cached_copy
 from p2med.model.llm import add_lora, load_llama, new_llama
 from p2med.model.mllm import P2MedModel
@@ -43,7 +43,7 @@ def tiny_config() -> ModelConfig:
             max_positions=1024,
             # No LoRA dropout: its masks cost a fifth of a CPU training step, and the base
             # trains alongside LoRA here (stages 1 and 3), so it regularises nothing.
-            lora=LoraSettings(dropout=0.0),
+            lora=LoraConfig(dropout=0.0),
         ),
     )
 
@@ -62,7 +62,7 @@ def paper_config(llm: str, vision: str) -> ModelConfig:
             ct_size=224,
         ),
         resampler=ResamplerConfig(latents=64, depth=6, heads=16, ff_mult=4),
-        llm=LLMConfig(pretrained=llm, lora=LoraSettings(rank=16, alpha=32, dropout=0.05)),
+        llm=LLMConfig(pretrained=llm, lora=LoraConfig(rank=16, alpha=32, dropout=0.05)),
         dtype="bfloat16",
     )
 

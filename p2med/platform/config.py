@@ -1,10 +1,10 @@
-"""Typed configs: YAML files plus `key=value` overrides, validated when loaded.
+"""Typed settings: YAML config files plus `key=value` overrides, validated when loaded.
 
-Every job's config is a `Config` subclass whose fields carry a type, a default and a
+Every job's settings are a `Settings` subclass whose fields carry a type, a default and a
 docstring. A wrong key or value fails here, at load time, with the key's dotted name,
 never deep inside a Ray worker. Validation is strict: `patients=true` is an error, not 1.
 
-    cfg = load_config(SynthJobConfig, "synth/small.yaml", ["patients=50", "storage.region=eu-west-1"])
+    cfg = load_config(synth.JobSettings, "synth/small.yaml", ["patients=50", "storage.region=eu-west-1"])
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from p2med.platform.errors import ConfigError
 
-C = TypeVar("C", bound="Config")
+S = TypeVar("S", bound="Settings")
 
 PACKAGED_CONFIGS = "p2med.jobs"  # YAML configs ship in p2med/jobs/configs/
 
 
-class Config(BaseModel):
-    """Base of every config: unknown keys are errors; attribute docstrings describe fields."""
+class Settings(BaseModel):
+    """Base of all settings: unknown keys are errors; attribute docstrings describe fields."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True, validate_default=True
@@ -135,7 +135,7 @@ def read_config_file(name: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], file: str | None = None, overrides: list[str] | None = None) -> C:
+def load_config(cls: type[S], file: str | None = None, overrides: list[str] | None = None) -> S:
     """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`."""
     data = merge(nested_defaults(cls), read_config_file(file) if file else {})
     data = merge(data, parse_overrides(overrides or [], cls))
@@ -156,7 +156,7 @@ def nested_defaults(cls: type[BaseModel]) -> dict[str, Any]:
     return defaults
 
 
-def validate(cls: type[C], data: dict[str, Any]) -> C:
+def validate(cls: type[S], data: dict[str, Any]) -> S:
     """`cls(**data)`, with pydantic's errors turned into one line naming the key."""
     try:
         return cls.model_validate(data)
@@ -164,7 +164,7 @@ def validate(cls: type[C], data: dict[str, Any]) -> C:
         raise ConfigError(_describe(cls, exc)) from None
 
 
-def _describe(cls: type[Config], exc: ValidationError) -> str:
+def _describe(cls: type[Settings], exc: ValidationError) -> str:
     err = exc.errors()[0]
     parts = [str(p) for p in err["loc"]]
     key = ".".join(parts)

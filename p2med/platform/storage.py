@@ -3,10 +3,10 @@
 A location is a URI: a local path (`data/raw`, `/abs/path`), `file:///abs/path`, or
 `s3://bucket/prefix`. `resolve()` turns it into a `Location` that every job uses for every
 read and write, whether the bytes live on local disk, AWS S3, MinIO or any other
-S3-compatible store. S3 connection settings come from `StorageConfig` or, where a field is
+S3-compatible store. S3 connection settings come from `StorageSettings` or, where a field is
 unset there, from the standard AWS environment variables.
 
-    loc = resolve("s3://bucket/raw", StorageConfig(endpoint_url="http://127.0.0.1:9000"))
+    loc = resolve("s3://bucket/raw", StorageSettings(endpoint_url="http://127.0.0.1:9000"))
     loc.join("reports.jsonl").write_text("...")
     ds = ray.data.read_parquet(loc.arrow_path(), filesystem=loc.arrow_filesystem())
 """
@@ -26,11 +26,11 @@ from urllib.parse import unquote, urlparse
 import fsspec
 from pydantic import Field, SecretStr
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.errors import StorageError
 
 
-class StorageConfig(Config):
+class StorageSettings(Settings):
     """Connection settings for `s3://` locations; local paths ignore them."""
 
     endpoint_url: str | None = None
@@ -50,7 +50,7 @@ class StorageConfig(Config):
     max_attempts: int = Field(3, ge=1)
     """Attempts per S3 request before giving up (retries transient errors)."""
 
-    def resolved(self) -> StorageConfig:
+    def resolved(self) -> StorageSettings:
         """This config with unset fields filled from the standard AWS environment variables."""
 
         def env(*names: str) -> str | None:
@@ -85,7 +85,7 @@ def _umask() -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_filesystem(storage: StorageConfig) -> fsspec.AbstractFileSystem:
+def _s3_filesystem(storage: StorageSettings) -> fsspec.AbstractFileSystem:
     import s3fs
 
     return s3fs.S3FileSystem(
@@ -119,7 +119,7 @@ class Location:
     uri: str
     path: str
     fs: fsspec.AbstractFileSystem
-    storage: StorageConfig
+    storage: StorageSettings
 
     @property
     def is_s3(self) -> bool:
@@ -266,12 +266,12 @@ class Location:
             raise StorageError(describe_storage_error(exc, action, self)) from exc
 
 
-def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
+def resolve(uri: str, storage: StorageSettings | None = None) -> Location:
     """The `Location` a URI names: local path, `file://` URI or `s3://bucket/key`."""
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError(f"location {uri!r} is empty; give a local path or an s3:// URI")
     parsed = urlparse(uri)
-    storage = (storage or StorageConfig()).resolved()
+    storage = (storage or StorageSettings()).resolved()
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StorageError(f"location {uri!r} names no bucket; use s3://BUCKET/PREFIX")

@@ -25,7 +25,7 @@ from p2med.model.checkpoint import load_model
 from p2med.model.config import ModelConfig
 from p2med.model.generation import GenerationSettings, RunningBatch, TextStream, encode_prompts
 from p2med.model.interleave import MODALITIES, Images
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.storage import resolve
 from p2med.serve_apps.background import iterate_ahead
 from p2med.serve_apps.batching import Admit, JoiningBatcher, Updates
@@ -44,11 +44,11 @@ def load_served_model(settings: ServeSettings, replica: ModelDeploymentSettings)
     return model.eval(), tokenizer
 
 
-def imaging_for(config: ModelConfig) -> ImagingConfig:
+def imaging_for(config: ModelConfig) -> ImagingSettings:
     """The preprocessing that made the model's training images (sizes from its config; the
     lung window is the ingest's default)."""
     vision = config.vision
-    return ImagingConfig(xray_size=vision.xray_size, ct_slices=vision.ct_slices, ct_size=vision.ct_size)
+    return ImagingSettings(xray_size=vision.xray_size, ct_slices=vision.ct_slices, ct_size=vision.ct_size)
 
 
 @serve.deployment
@@ -126,7 +126,7 @@ class Completion:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _Request:
     """One request of a decode batch."""
 
     completion: Completion
@@ -135,10 +135,10 @@ class _Job:
 
 
 @dataclass
-class _Row:
+class _Outgoing:
     """A request in the running batch: the text it has not been sent yet."""
 
-    job: _Job
+    request: _Request
     text: TextStream
     unsent: str = ""
 
@@ -157,44 +157,44 @@ class LLM:
             ClientError: the prompt and images do not fit the model (placeholders, context),
                 checked here so that one bad request cannot fail the batch it would join.
         """
-        async for piece in self._pieces(_Job(completion, list(encoded), streaming=True)):
+        async for piece in self._pieces(_Request(completion, list(encoded), streaming=True)):
             yield piece
 
     async def complete(self, completion: Completion, *encoded: np.ndarray) -> str:
         """The whole completion in one reply (raises as `stream` does)."""
-        pieces = self._pieces(_Job(completion, list(encoded), streaming=False))
+        pieces = self._pieces(_Request(completion, list(encoded), streaming=False))
         return "".join([piece async for piece in pieces])
 
-    async def _pieces(self, job: _Job) -> AsyncIterator[str]:
-        prompt = job.completion.prompt
+    async def _pieces(self, request: _Request) -> AsyncIterator[str]:
+        prompt = request.completion.prompt
         if not prompt.strip():
             raise ClientError("the prompt is empty")
         ids = self.tokenizer(prompt).input_ids
         slots = ids.count(self.model.image_token_id)
-        if slots != len(job.encoded):
-            raise ClientError(f"the prompt has {slots} image slots but {len(job.encoded)} images")
+        if slots != len(request.encoded):
+            raise ClientError(f"the prompt has {slots} image slots but {len(request.encoded)} images")
         length = len(ids) + slots * (self.model.image_slots - 1)
         if length >= self.model.context_length:
             raise ClientError(
                 f"the prompt takes {length} of the model's {self.model.context_length} positions "
                 f"(each image takes {self.model.image_slots}); shorten it"
             )
-        async for piece in self._batcher.submit(job):
+        async for piece in self._batcher.submit(request):
             yield piece
 
-    def _decode(self, admit: Admit[_Job]) -> AsyncIterator[Updates]:
+    def _decode(self, admit: Admit[_Request]) -> AsyncIterator[Updates]:
         """Updates of the running batch's requests (see `_steps`), computed in a worker
         thread that does not wait for the event loop between them."""
         return iterate_ahead(self._steps(admit))
 
-    def _steps(self, admit: Admit[_Job]) -> Iterator[Updates]:
+    def _steps(self, admit: Admit[_Request]) -> Iterator[Updates]:
         """The running batch, `STEP_WINDOW_S` of decode steps at a time: waiting requests
         join before each window, and after it come the updates of requests that ended or
         stream and have new text. A request that does not stream gets its text in one
         piece, so a batch of such requests wakes the event loop once per request, not per
         window. Returns when no request is left in the batch or waiting."""
         batch = RunningBatch(self.model, self.tokenizer)
-        rows: dict[Hashable, _Row] = {}
+        rows: dict[Hashable, _Outgoing] = {}
         while True:
             if joining := admit(len(batch)):
                 self._join(batch, rows, joining)
@@ -212,18 +212,18 @@ class LLM:
                     break
             updates: Updates = {key: (rows.pop(key).unsent, True) for key in ended}
             for key, row in rows.items():
-                if row.job.streaming and row.unsent:
+                if row.request.streaming and row.unsent:
                     updates[key], row.unsent = (row.unsent, False), ""
             if updates:
                 yield updates
 
     def _join(
-        self, batch: RunningBatch, rows: dict[Hashable, _Row], joining: list[tuple[Hashable, _Job]]
+        self, batch: RunningBatch, rows: dict[Hashable, _Outgoing], joining: list[tuple[Hashable, _Request]]
     ) -> None:
         keys = [key for key, _ in joining]
-        completions = [job.completion for _, job in joining]
+        completions = [request.completion for _, request in joining]
         ids, mask = encode_prompts(self.tokenizer, [completion.prompt for completion in completions])
-        arrays = [array for _, job in joining for array in job.encoded]
+        arrays = [array for _, request in joining for array in request.encoded]
         images = torch.from_numpy(np.stack(arrays)) if arrays else None
         settings = [
             GenerationSettings(
@@ -232,5 +232,5 @@ class LLM:
             for c in completions
         ]
         batch.join(keys, ids, mask, images, settings)
-        for key, job in joining:
-            rows[key] = _Row(job, TextStream(self.tokenizer))
+        for key, request in joining:
+            rows[key] = _Outgoing(request, TextStream(self.tokenizer))

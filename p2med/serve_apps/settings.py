@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from p2med.platform.config import Config
-from p2med.platform.storage import StorageConfig
+from p2med.platform.config import Settings
+from p2med.platform.storage import StorageSettings
 
 API_KEYS_ENV = "P2MED_API_KEYS"  # comma-separated bearer keys, added to `api_keys`
 
 
-class ReplicaSettings(Config):
+class ReplicaSettings(Settings):
     """Resources, autoscaling and backpressure of one deployment."""
 
     num_cpus: float = Field(0.25, gt=0)
@@ -45,7 +45,7 @@ class ReplicaSettings(Config):
         }
 
 
-class BatchSettings(Config):
+class BatchSettings(Settings):
     """How a model deployment gathers concurrent requests into one batch (the VisionEncoder
     with `@serve.batch`, the LLM with `batching.JoiningBatcher`)."""
 
@@ -59,12 +59,12 @@ class ModelDeploymentSettings(ReplicaSettings):
     batch: BatchSettings = BatchSettings()
 
 
-class ServeSettings(Config):
+class ServeSettings(Settings):
     """Everything the serving app needs."""
 
     model: str = "runs/train/stage3/model"
     """The model folder to serve (a stage's `model/`): a local path, file:// or s3:// URI."""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
     model_name: str = "p2med"
     """The model id clients name (`GET /v1/models`, the `model` field of a chat request)."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from p2med.platform.data.imaging import (
     DecodeFailure,
-    ImagingConfig,
+    ImagingSettings,
     ct_volume,
     picture_pixels,
     read_dicom,
@@ -71,7 +71,7 @@ def upload_kind(files: list[bytes], max_bytes: int) -> tuple[str, list[bytes]]:
     return ("ct" if modality == "CT" else "xray"), files
 
 
-def decode_upload(files: list[bytes], imaging: ImagingConfig, max_bytes: int) -> tuple[str, np.ndarray]:
+def decode_upload(files: list[bytes], imaging: ImagingSettings, max_bytes: int) -> tuple[str, np.ndarray]:
     """One uploaded image -> ("xray", (S, S)) or ("ct", (D, H, W)), float32 in [0, 1].
     `max_bytes` bounds what a zip may expand to.
 

@@ -57,7 +57,7 @@ def test_an_override_keeps_the_rest_of_the_jobs_nested_defaults():
 
     args = ["train.stages.stage3.steps=5", "synth.patients=50", "eval.benchmark.samples=30"]
     config = job_config(quickstart, "quickstart", args)
-    default = quickstart.Config()
+    default = quickstart.JobSettings()
     assert config.train.stages.stage3.steps == 5 and config.synth.patients == 50
     assert config.train.model_copy(update={"stages": default.train.stages}) == default.train  # tiny.yaml
     assert config.train.stages.stage1 == default.train.stages.stage1

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from pydantic import Field, SecretStr
 
-from p2med.platform.config import Config, describe_fields, load_config, parse_overrides
+from p2med.platform.config import Settings, describe_fields, load_config, parse_overrides
 from p2med.platform.errors import ConfigError
 
 
-class Inner(Config):
+class Inner(Settings):
     rate: float = 0.5
     """A rate."""
 
 
-class Outer(Config):
+class Outer(Settings):
     name: str = "x"
     """A name."""
     password: SecretStr | None = None
@@ -101,7 +101,7 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_an_override_changes_one_key_of_a_nested_default(tmp_path):
-    class Parent(Config):
+    class Parent(Settings):
         outer: Outer = Outer(name="parent's", inner=Inner(rate=0.9))
         """A nested default that differs from its class's."""
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from p2med.platform.errors import StorageError
-from p2med.platform.storage import StorageConfig, check_writable, resolve
+from p2med.platform.storage import StorageSettings, check_writable, resolve
 from tests.conftest import S3_KEY, S3_SECRET, free_port
 
 
@@ -85,7 +85,7 @@ def test_settings_come_from_aws_environment_when_unset(monkeypatch, s3_endpoint,
     loc.write_text("from env")
     assert loc.read_text() == "from env"
     # The config wins over the environment.
-    assert resolve("s3://b/x", StorageConfig(region="ap-south-1")).storage.region == "ap-south-1"
+    assert resolve("s3://b/x", StorageSettings(region="ap-south-1")).storage.region == "ap-south-1"
 
 
 def test_missing_bucket_is_named(s3_storage):
@@ -94,7 +94,7 @@ def test_missing_bucket_is_named(s3_storage):
 
 
 def test_unreachable_endpoint_is_named():
-    storage = StorageConfig(
+    storage = StorageSettings(
         endpoint_url=f"http://127.0.0.1:{free_port()}",
         access_key_id="k",
         secret_access_key="s",
@@ -117,7 +117,7 @@ def test_unwritable_local_locations(tmp_path):
 
 
 def test_secrets_stay_out_of_reprs():
-    storage = StorageConfig(secret_access_key="very-secret").resolved()
+    storage = StorageSettings(secret_access_key="very-secret").resolved()
     assert "very-secret" not in repr(storage) and "very-secret" not in str(resolve("s3://b", storage))
 
 

@@ -18,7 +18,7 @@ from p2med.model.checkpoint import save_model
 from p2med.model.mllm import P2MedModel
 from p2med.model.presets import build_model, tiny_config
 from p2med.model.tokenizer import train_bpe_tokenizer
-from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.storage import resolve
@@ -27,7 +27,7 @@ from p2med.serve_apps.server import APP_NAME
 from p2med.serve_apps.settings import BatchSettings, ModelDeploymentSettings, ServeSettings
 from tests.conftest import free_port
 
-RAW = SynthConfig(patients=4, ct_fraction=1.0, xray_size=96, ct_slices=10, ct_size=40, workers=1)
+RAW = SynthSettings(patients=4, ct_fraction=1.0, xray_size=96, ct_slices=10, ct_size=40, workers=1)
 KEY = "test-key"
 SMALL = ModelDeploymentSettings(num_cpus=0.25, max_replicas=2, batch=BatchSettings(max_batch_size=4))
 

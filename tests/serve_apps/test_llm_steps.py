@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from p2med.serve_apps import models
-from p2med.serve_apps.models import LLM, Completion, _Job
+from p2med.serve_apps.models import LLM, Completion, _Request
 from p2med.serve_apps.settings import ServeSettings
 
 
@@ -23,10 +23,10 @@ class Arrivals:
     """`admit` for `_steps`: wave i of (key, job) comes at its i-th call; records what the
     batch held at each call."""
 
-    def __init__(self, *waves: list[tuple[str, _Job]]) -> None:
+    def __init__(self, *waves: list[tuple[str, _Request]]) -> None:
         self.waves, self.held = list(waves), []
 
-    def __call__(self, held: int) -> list[tuple[str, _Job]]:
+    def __call__(self, held: int) -> list[tuple[str, _Request]]:
         self.held.append(held)
         return self.waves.pop(0) if self.waves else []
 
@@ -35,7 +35,7 @@ def test_only_streaming_requests_get_their_text_before_they_end(llm, monkeypatch
     monkeypatch.setattr(models, "STEP_WINDOW_S", 0.0)  # a window per decode step
     completion = Completion("Write the report.", max_tokens=12)
     arrivals = Arrivals(
-        [("s", _Job(completion, [], streaming=True)), ("w", _Job(completion, [], streaming=False))]
+        [("s", _Request(completion, [], streaming=True)), ("w", _Request(completion, [], streaming=False))]
     )
 
     updates = list(llm._steps(arrivals))
@@ -50,8 +50,8 @@ def test_only_streaming_requests_get_their_text_before_they_end(llm, monkeypatch
 
 def test_a_request_arriving_during_the_batch_joins_it(llm, monkeypatch):
     monkeypatch.setattr(models, "STEP_WINDOW_S", 0.0)
-    first = _Job(Completion("Write the report.", max_tokens=12), [], streaming=False)
-    later = _Job(Completion("Impression:", max_tokens=4), [], streaming=False)
+    first = _Request(Completion("Write the report.", max_tokens=12), [], streaming=False)
+    later = _Request(Completion("Impression:", max_tokens=4), [], streaming=False)
     arrivals = Arrivals([("first", first)], [], [("later", later)])
 
     updates = list(llm._steps(arrivals))

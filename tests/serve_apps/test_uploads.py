@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from p2med.platform.data.imaging import ImagingConfig, ct_volume, read_dicom, xray_pixels
+from p2med.platform.data.imaging import ImagingSettings, ct_volume, read_dicom, xray_pixels
 from p2med.serve_apps.errors import BadUpload
 from p2med.serve_apps.uploads import decode_upload, upload_kind
 from tests.serve_apps.conftest import zipped
 
-IMAGING = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32)
+IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
 LIMIT = 2**20
 
 

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.errors import P2MedError
 
 KEY_ENV = "P2MED_DEID_KEY"
@@ -61,14 +61,14 @@ IDENTIFYING_PATTERN = re.compile(
 )
 
 
-class DeidConfig(Config):
+class DeidSettings(Settings):
     """De-identification settings."""
 
     key: SecretStr | None = None
     """Secret key for pseudonyms (HMAC-SHA256); unset: $P2MED_DEID_KEY. Never stored."""
 
 
-def resolve_key(config: DeidConfig) -> bytes:
+def resolve_key(config: DeidSettings) -> bytes:
     """The pseudonymisation key from config or environment; there is no default, so
     pseudonyms cannot be recomputed by anyone who has only the code and the shards."""
     value = config.key.get_secret_value() if config.key else os.environ.get(KEY_ENV, "")

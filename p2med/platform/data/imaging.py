@@ -29,13 +29,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.data.quarantine import Reason
 
 XRAY_MODALITIES = frozenset({"CR", "DX"})
 
 
-class ImagingConfig(Config):
+class ImagingSettings(Settings):
     """How images are normalised for the model."""
 
     xray_size: int = Field(224, ge=32, le=2048)
@@ -79,7 +79,7 @@ def read_dicom(data: bytes, stop_before_pixels: bool = False) -> Dataset:
         ) from None
 
 
-def _check_dimensions(rows: int, cols: int, config: ImagingConfig) -> None:
+def _check_dimensions(rows: int, cols: int, config: ImagingSettings) -> None:
     short, long = sorted((int(rows), int(cols)))
     if short < config.min_side or long > config.max_side or long / max(short, 1) > config.max_aspect:
         raise DecodeFailure(Reason.BAD_DIMENSIONS, f"image of {rows}x{cols} pixels")
@@ -102,7 +102,7 @@ def _stored_pixels(ds: Dataset) -> np.ndarray:
     return pixels[0] if frames > 1 else pixels
 
 
-def xray_pixels(ds: Dataset, config: ImagingConfig) -> np.ndarray:
+def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
     """A chest radiograph as model input. Returns (S, S) float32 in [0, 1], S = xray_size."""
     modality = str(ds.get("Modality", ""))
     if modality not in XRAY_MODALITIES:
@@ -126,7 +126,7 @@ def xray_pixels(ds: Dataset, config: ImagingConfig) -> np.ndarray:
     return square(scaled, config.xray_size)
 
 
-def picture_pixels(data: bytes, config: ImagingConfig) -> np.ndarray:
+def picture_pixels(data: bytes, config: ImagingSettings) -> np.ndarray:
     """A chest radiograph exported as PNG or JPEG, as model input. Returns (S, S) float32 in
     [0, 1], S = xray_size, as `xray_pixels` does for DICOM."""
     from PIL import Image, UnidentifiedImageError
@@ -161,7 +161,7 @@ def square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(padded[0], dtype=np.float32)
 
 
-def ct_volume(slices: list[Dataset], config: ImagingConfig) -> np.ndarray:
+def ct_volume(slices: list[Dataset], config: ImagingSettings) -> np.ndarray:
     """A chest CT series as model input. `slices`: the series' datasets in any order.
     Returns (ct_slices, ct_size, ct_size) float32 in [0, 1] (lung window), inferior first."""
     modalities = {str(ds.get("Modality", "")) for ds in slices}

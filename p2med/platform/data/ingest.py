@@ -1,6 +1,6 @@
 """Ingest: a raw hospital export -> de-identified, training-ready Parquet shards.
 
-    summary = ingest(resolve("data/raw"), resolve("s3://bucket/shards"), IngestConfig(...))
+    summary = ingest(resolve("data/raw"), resolve("s3://bucket/shards"), IngestSettings(...))
 
 Two Ray Data passes over file paths (workers read the files themselves, so bytes never
 travel through the object store): the first reads DICOM headers, the driver joins them
@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 import ray
 
 from p2med.platform.data.deid import Pseudonymizer, resolve_key
-from p2med.platform.data.imaging import DecodeFailure, ImagingConfig, ct_volume, read_dicom, xray_pixels
-from p2med.platform.data.ingest_config import IngestConfig
+from p2med.platform.data.imaging import DecodeFailure, ImagingSettings, ct_volume, read_dicom, xray_pixels
 from p2med.platform.data.ingest_plan import SPLITS, plan
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.data.raw_store import (
     RECORDS_FILE,
@@ -48,7 +48,7 @@ from p2med.platform.data.raw_store import (
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
 from p2med.platform.errors import P2MedError
 from p2med.platform.ray_runtime import ensure_ray
-from p2med.platform.storage import Location, StorageConfig, check_writable, resolve
+from p2med.platform.storage import Location, StorageSettings, check_writable, resolve
 
 KIND = "p2med-shards"
 SCHEMA_VERSION = 1
@@ -87,7 +87,7 @@ class IngestSummary:
         return self.files_read / self.seconds if self.seconds else float("inf")
 
 
-def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageConfig) -> dict[str, list]:
+def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageSettings) -> dict[str, list]:
     """Pass 1: each path -> its header, or why it cannot be used (JSON). Runs in Ray Data
     workers; also usable in one process."""
     raw = resolve(raw_uri, storage)
@@ -102,7 +102,9 @@ def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageCon
     return {"result": out}
 
 
-def decode_rows(items: list[dict], raw: Location, imaging: ImagingConfig) -> tuple[pa.Table, list[list[str]]]:
+def decode_rows(
+    items: list[dict], raw: Location, imaging: ImagingSettings
+) -> tuple[pa.Table, list[list[str]]]:
     """Work items -> shard rows with decoded pixels, and [path, reason, detail] for every
     image set aside. The decode pass of the pipeline, also usable in one process."""
     rows, failures = [], []
@@ -141,7 +143,9 @@ class ShardResult:
     failures: list[list[str]]
 
 
-def write_shard(items: list[dict], raw: Location, data_dir: Location, imaging: ImagingConfig) -> ShardResult:
+def write_shard(
+    items: list[dict], raw: Location, data_dir: Location, imaging: ImagingSettings
+) -> ShardResult:
     """Decode `items` into one Parquet shard in `data_dir`, named by its checksum. The
     checksum and counts come from the bytes written, so nobody reads shards back."""
     table, failures = decode_rows(items, raw, imaging)
@@ -161,15 +165,15 @@ def write_shard(items: list[dict], raw: Location, data_dir: Location, imaging: I
 
 
 def _write_shard_batch(
-    batch: pa.Table, raw: tuple, data_dir: tuple, imaging: ImagingConfig
+    batch: pa.Table, raw: tuple, data_dir: tuple, imaging: ImagingSettings
 ) -> dict[str, list]:
     """Ray Data pass 2, in a worker: one block of work items -> one shard. `raw` and
-    `data_dir` are (uri, StorageConfig) pairs: a Location holds an open filesystem."""
+    `data_dir` are (uri, StorageSettings) pairs: a Location holds an open filesystem."""
     result = write_shard(batch.to_pylist(), resolve(*raw), resolve(*data_dir), imaging)
     return {"result": [json.dumps(result.__dict__)]}
 
 
-def ingest(raw: Location, shards: Location, config: IngestConfig) -> IngestSummary:
+def ingest(raw: Location, shards: Location, config: IngestSettings) -> IngestSummary:
     """Ingest `raw` into `shards`, replacing an earlier ingest there.
 
     Raises:
@@ -279,7 +283,7 @@ def _public(entry: Quarantined, pseudonyms: Pseudonymizer) -> dict:
     return {"input": name, "reason": entry.reason.value, "detail": entry.detail}
 
 
-def rows_per_shard(config: IngestConfig, items: list[dict]) -> int:
+def rows_per_shard(config: IngestSettings, items: list[dict]) -> int:
     img = config.imaging
     ct_share = sum(bool(i["ct_paths"]) for i in items) / max(len(items), 1)
     row_bytes = 2 * img.xray_size**2 + ct_share * 2 * img.ct_slices * img.ct_size**2 + 8_000

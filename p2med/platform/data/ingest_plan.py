@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field, model_validator
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.data.deid import Pseudonymizer, Scrubber, name_spellings, value_spellings
 from p2med.platform.data.imaging import XRAY_MODALITIES
 from p2med.platform.data.quarantine import Quarantined, Reason
@@ -30,7 +30,7 @@ ITEM_KEYS = (
 REPORT_SECTIONS = ("clinical_history", "findings", "impression")
 
 
-class SplitConfig(Config):
+class SplitSettings(Settings):
     """Patient-level split: every sample of a patient lands in the same split."""
 
     val_fraction: float = Field(0.1, ge=0, lt=1)
@@ -39,7 +39,7 @@ class SplitConfig(Config):
     """Share of patients held out for the benchmark (evaluation)."""
 
     @model_validator(mode="after")
-    def _leaves_training_data(self) -> SplitConfig:
+    def _leaves_training_data(self) -> SplitSettings:
         if self.val_fraction + self.bench_fraction >= 1:
             raise ValueError("val_fraction + bench_fraction must leave patients for training")
         return self
@@ -81,7 +81,7 @@ def plan(
     reports: list[dict],
     records: list[dict],
     pseudonyms: Pseudonymizer,
-    splits: SplitConfig,
+    splits: SplitSettings,
 ) -> Plan:
     """Join images, reports and records by patient; see the module docstring."""
     result = Plan()
@@ -203,7 +203,7 @@ def _age_from_record(record: dict) -> float | None:
     return round((seen - born).days / 365.25, 2)
 
 
-def _item(patient_id: str, patient: _Patient, pseudonyms: Pseudonymizer, splits: SplitConfig) -> dict:
+def _item(patient_id: str, patient: _Patient, pseudonyms: Pseudonymizer, splits: SplitSettings) -> dict:
     scrub = Scrubber(patient.identifiers | value_spellings(patient_id))
 
     def report_text(kind: str) -> str | None:

@@ -1,7 +1,7 @@
 """Stage datasets: Parquet shards -> ready tensors for training stage 1, 2 or 3, streamed.
 
     ds = stage_dataset(resolve("s3://bucket/shards"), stage=3, split="train",
-                       config=StageDataConfig(tokenizer="runs/tokenizer"))
+                       config=StageDataSettings(tokenizer="runs/tokenizer"))
     for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=8): ...
 
 Ray tasks read exactly the shard files the manifest lists (local or s3://) and turn their
@@ -44,7 +44,7 @@ from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest import KIND, MANIFEST, SCHEMA_VERSION
 from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.prompts import IMAGES, INSTRUCTIONS, Sample, image_report, row_texts, stage_samples
-from p2med.platform.data.stage_config import StageDataConfig
+from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
@@ -105,7 +105,7 @@ def shard_paths(shards: Location, manifest: dict[str, Any]) -> list[str]:
     return [shards.join(manifest["data"], entry["path"]).arrow_path() for entry in manifest["shards"]]
 
 
-def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageDataConfig) -> StreamSpec:
+def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageDataSettings) -> StreamSpec:
     """The transform's settings for a stage; fails here, on the driver, on bad arguments."""
     if stage not in (1, 2, 3):
         raise P2MedError(f"stage {stage!r} does not exist; training stages are 1, 2 and 3")
@@ -144,7 +144,7 @@ def read_shard(path: str, stage: int, filesystem: Any) -> Iterator[pa.Table]:
 
 
 def stage_dataset(
-    shards: Location, stage: int, split: str, config: StageDataConfig, dropped: Any = None
+    shards: Location, stage: int, split: str, config: StageDataSettings, dropped: Any = None
 ) -> ray.data.Dataset:
     """The samples of `stage` from the `split` patients of an ingest, as a lazy Ray Dataset.
 

@@ -1,6 +1,6 @@
 """The benchmark: P2Med-MBench-style samples from the `bench` split of an ingest.
 
-    bench = build_benchmark(resolve("s3://bucket/shards"), BenchmarkConfig())
+    bench = build_benchmark(resolve("s3://bucket/shards"), BenchmarkSettings())
 
 642 samples by default (the paper's size) over the six tasks: an equal share per task,
 and within a task as even a mix of diagnoses as the split allows (round robin over the
@@ -26,7 +26,7 @@ from p2med.platform.data.stage_datasets import read_manifest, shard_paths
 from p2med.platform.data.tasks import TEXT_COLUMNS, tasks_for
 from p2med.platform.data.vocabulary import DIAGNOSES, DIAGNOSIS_NAMES
 from p2med.platform.errors import P2MedError
-from p2med.platform.eval.settings import BenchmarkConfig
+from p2med.platform.eval.settings import BenchmarkSettings
 from p2med.platform.storage import Location
 
 UNKNOWN = "unknown"  # the diagnosis of a patient without a record
@@ -64,7 +64,7 @@ class Benchmark:
         }
 
 
-def build_benchmark(shards: Location, config: BenchmarkConfig) -> Benchmark:
+def build_benchmark(shards: Location, config: BenchmarkSettings) -> Benchmark:
     """The benchmark of `config` from the bench split of the ingest at `shards`.
 
     Raises:

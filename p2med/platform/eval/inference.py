@@ -22,16 +22,16 @@ from p2med.model.interleave import MODALITIES, Images
 from p2med.platform.data.stage_datasets import decode_pixels
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.eval.benchmark import BenchSample
-from p2med.platform.eval.settings import InferenceConfig
-from p2med.platform.storage import StorageConfig, resolve
+from p2med.platform.eval.settings import InferenceSettings
+from p2med.platform.storage import StorageSettings, resolve
 
 
 def answer(
     runs: dict[str, list[BenchSample]],
     model_uri: str,
-    storage: StorageConfig,
+    storage: StorageSettings,
     shapes: dict[str, tuple[int, ...]],
-    config: InferenceConfig,
+    config: InferenceSettings,
 ) -> dict[str, list[tuple[str, str | None]]]:
     """Per run name, the (answer, failure reason or None) of each of its samples, in order."""
     rows = [_row(run, i, sample) for run, samples in runs.items() for i, sample in enumerate(samples)]
@@ -76,9 +76,9 @@ class Predictor:
     def __init__(
         self,
         model_uri: str,
-        storage: StorageConfig,
+        storage: StorageSettings,
         shapes: dict[str, tuple[int, ...]],
-        config: InferenceConfig,
+        config: InferenceSettings,
     ) -> None:
         location = resolve(model_uri, storage)
         self.model, self.tokenizer = load_model(location.uri, fs=location.fs, merge=True)

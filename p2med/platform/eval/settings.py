@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.data.tasks import TASKS
 
 MODEL, TEXT_ONLY, SHUFFLED, MAJORITY = "model", "text_only", "shuffled_images", "majority"
 CONTROLS = (TEXT_ONLY, SHUFFLED, MAJORITY)  # what `p2med.platform.eval.controls` makes
 
 
-class BenchmarkConfig(Config):
+class BenchmarkSettings(Settings):
     """Which samples make the benchmark."""
 
     samples: int = Field(642, ge=1)
@@ -31,7 +31,7 @@ class BenchmarkConfig(Config):
         return [t for t in TASKS if t in tasks]
 
 
-class InferenceConfig(Config):
+class InferenceSettings(Settings):
     """How the benchmark is answered."""
 
     batch_size: int = Field(16, ge=1)
@@ -46,10 +46,10 @@ class InferenceConfig(Config):
     """Longest answer; the longest reference (an inpatient record) needs about 200 tiny-BPE tokens."""
 
 
-class EvalSettings(Config):
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+class EvalSettings(Settings):
+    benchmark: BenchmarkSettings = BenchmarkSettings()
     """Which samples (size, tasks, seed)."""
-    inference: InferenceConfig = InferenceConfig()
+    inference: InferenceSettings = InferenceSettings()
     """How they are answered (batch size, actors, resources, answer length)."""
     controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
     """Controls to run beside the model: text_only, shuffled_images, majority."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from p2med.platform.train.config import DeepSpeedSettings
+from p2med.platform.train.settings import DeepSpeedSettings
 
 
 def deepspeed_config(

@@ -1,6 +1,6 @@
 """The per-worker training loop of one stage (Ray Train + DeepSpeed).
 
-Everything comes from the `config` argument (a `StageJob`): the loop builds or loads the
+Everything comes from the `config` argument (a `StageWork`): the loop builds or loads the
 model, marks what the stage trains (`model.stages`), wraps it with `deepspeed.initialize`
 on Ray Train's process group (gloo on CPU, nccl on GPU), streams its shard of the stage
 dataset, and every `checkpoint.every_steps` validates and has every rank save its
@@ -34,9 +34,9 @@ from p2med.model.interleave import IGNORE_INDEX, Images
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
 from p2med.platform.data.vocabulary import FINDING_LABELS
-from p2med.platform.storage import StorageConfig, resolve
-from p2med.platform.train.config import TrainSettings
+from p2med.platform.storage import StorageSettings, resolve
 from p2med.platform.train.deepspeed_config import deepspeed_config
+from p2med.platform.train.settings import TrainSettings
 from p2med.platform.train.tracking import History, Tracker, TrackingStore
 
 STATE_TAG = "state"  # the DeepSpeed checkpoint tag inside every Ray Train checkpoint
@@ -44,13 +44,13 @@ NAN_MARKER = "nan.json"  # written by rank 0 into the stage folder when the loss
 
 
 @dataclass(frozen=True)
-class StageJob:
+class StageWork:
     """One stage's work, as the driver hands it to every worker."""
 
     stage: int
     settings: TrainSettings
     stage_dir: str  # URI of the stage's folder: model/, loss.png, nan.json
-    storage: StorageConfig
+    storage: StorageSettings
     tokenizer: Any  # the tokenizer object (pickled to the workers)
     model_config: ModelConfig | None  # stage 1: build this; later stages load init_model
     init_model: str | None  # URI of the previous stage's model folder
@@ -58,19 +58,19 @@ class StageJob:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: config = {"job": StageJob}."""
-    job: StageJob = config["job"]
+    """Ray Train's `train_loop_per_worker`: config = {"work": StageWork}."""
+    work: StageWork = config["work"]
     # DeepSpeed's ZeRO-2 gathers with a call torch 2.13 deprecates: a console line every step
     warnings.filterwarnings(
         "ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning
     )
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    settings, stage_settings = job.settings, job.settings.stages.of(job.stage)
-    torch.manual_seed(job.settings.seed)  # identical initial weights on every rank
+    settings, stage_settings = work.settings, work.settings.stages.of(work.stage)
+    torch.manual_seed(work.settings.seed)  # identical initial weights on every rank
 
-    model = _initial_model(job)
-    plan = apply_stage(model, job.stage)
+    model = _initial_model(work)
+    plan = apply_stage(model, work.stage)
     if rank == 0:
         print(f"train: {plan.describe()}", flush=True)
     device = ray.train.torch.get_device()
@@ -98,18 +98,18 @@ def train_loop(config: dict[str, Any]) -> None:
             _, client = engine.load_checkpoint(folder, tag=STATE_TAG)
         step, history, run_id = client["step"], History(**client["history"]), client["run_id"]
         if rank == 0:
-            print(f"train: stage {job.stage} resumes at step {step} from its latest checkpoint", flush=True)
+            print(f"train: stage {work.stage} resumes at step {step} from its latest checkpoint", flush=True)
     tracker = None
     if rank == 0:
-        params = {"stage": job.stage, "steps": total, "batch_size": stage_settings.batch_size}
+        params = {"stage": work.stage, "steps": total, "batch_size": stage_settings.batch_size}
         params |= {"lr": stage_settings.lr, "workers": context.get_world_size()}
         params |= {"zero_stage": settings.deepspeed.zero_stage, **plan_params(plan)}
-        store = TrackingStore.of(settings.tracking.mlflow_uri, resolve(job.output, job.storage), job.stage)
-        tracker = Tracker(job.stage, total, store, settings.tracking, params, run_id, history)
+        store = TrackingStore.of(settings.tracking.mlflow_uri, resolve(work.output, work.storage), work.stage)
+        tracker = Tracker(work.stage, total, store, settings.tracking, params, run_id, history)
 
     shard = ray.train.get_dataset_shard("train")
     batches = endless_batches(shard, stage_settings.batch_size, settings, device)
-    stage_dir = resolve(job.stage_dir, job.storage)
+    stage_dir = resolve(work.stage_dir, work.storage)
     val_batches = None  # read at the first validation, then kept
     while step < total:
         started = time.perf_counter()
@@ -119,7 +119,7 @@ def train_loop(config: dict[str, Any]) -> None:
         loss = stage_loss(
             engine,
             batch,
-            job.stage,
+            work.stage,
             settings.optimizer.alignment_weight,
             vision_only,
             stage_settings.micro_batches,
@@ -146,8 +146,8 @@ def train_loop(config: dict[str, Any]) -> None:
             )
         if step % settings.checkpoint.every_steps == 0 or step == total:
             if val_batches is None:
-                val_batches = validation_batches(ray.train.get_dataset_shard("val"), job, device)
-            val_loss = validate(engine, val_batches, job)
+                val_batches = validation_batches(ray.train.get_dataset_shard("val"), work, device)
+            val_loss = validate(engine, val_batches, work)
             if tracker is not None:
                 tracker.validation(step, val_loss)
             state = {
@@ -157,7 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
             }
             _report_checkpoint(engine, state, {"step": step, "loss": float(loss), "val_loss": val_loss})
 
-    _save_final_model(engine, job, rank)
+    _save_final_model(engine, work, rank)
     if tracker is not None:
         with tempfile.TemporaryDirectory() as tmp:
             curve = os.path.join(tmp, "loss.png")
@@ -239,37 +239,37 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value[:, :length] if key in text else value for key, value in batch.items()}
 
 
-def validation_batches(data: Any, job: StageJob, device: torch.device) -> list[dict[str, torch.Tensor]]:
+def validation_batches(data: Any, work: StageWork, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The whole validation split (a few batches: `checkpoint.val_batches`), in memory.
     Every rank reads all of it (every forward pass runs on all ranks, as ZeRO-3 needs).
     Read once per stage: starting its Ray Data pipeline costs ~5 s a time on 2 cores, more
     than the forward passes, and the ranks' reads queue for the data CPU."""
-    batch_size = job.settings.stages.of(job.stage).batch_size
+    batch_size = work.settings.stages.of(work.stage).batch_size
     return list(data.iter_torch_batches(batch_size=batch_size, device=device))
 
 
 @torch.no_grad()
-def validate(engine: Any, batches: list[dict[str, torch.Tensor]], job: StageJob) -> float:
+def validate(engine: Any, batches: list[dict[str, torch.Tensor]], work: StageWork) -> float:
     """Mean loss over the validation batches; NaN when the split is empty."""
     engine.eval()
     total, count = 0.0, 0
     for batch in batches:
-        loss = stage_loss(engine, batch, job.stage, job.settings.optimizer.alignment_weight)
+        loss = stage_loss(engine, batch, work.stage, work.settings.optimizer.alignment_weight)
         total += float(loss) * len(batch["input_ids"])
         count += len(batch["input_ids"])
     engine.train()
     return total / count if count else float("nan")
 
 
-def _initial_model(job: StageJob) -> Any:
-    if job.init_model is None:
-        config = job.model_config
+def _initial_model(work: StageWork) -> Any:
+    if work.init_model is None:
+        config = work.model_config
         remote = [p for p in (config.llm.pretrained, config.vision.pretrained) if p and "://" in p]
-        fs = resolve(remote[0], job.storage).fs if remote else None  # one S3 setting for all bases
-        return build_model(config, job.tokenizer, fs)
-    model, _ = load_model(job.init_model, fs=resolve(job.init_model, job.storage).fs)
-    if job.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
-        model.ground_verdict_slots([finding.phrase() for finding in FINDING_LABELS], job.tokenizer)
+        fs = resolve(remote[0], work.storage).fs if remote else None  # one S3 setting for all bases
+        return build_model(config, work.tokenizer, fs)
+    model, _ = load_model(work.init_model, fs=resolve(work.init_model, work.storage).fs)
+    if work.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
+        model.ground_verdict_slots([finding.phrase() for finding in FINDING_LABELS], work.tokenizer)
     return model.train()
 
 
@@ -314,19 +314,19 @@ def _report_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, fl
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _save_final_model(engine: Any, job: StageJob, rank: int) -> None:
+def _save_final_model(engine: Any, work: StageWork, rank: int) -> None:
     """Rank 0 writes the stage's model folder; under ZeRO-3 every rank first joins in
     gathering the partitioned parameters."""
     gather = (
         deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
-        if job.settings.deepspeed.zero_stage == 3
+        if work.settings.deepspeed.zero_stage == 3
         else contextlib.nullcontext()
     )
     with gather:
         if rank == 0:
-            target = resolve(job.stage_dir, job.storage).join("model")
-            save_model(engine.module, job.tokenizer, target.uri, fs=target.fs)
-            print(f"train: stage {job.stage} model saved to {target.uri}", flush=True)
+            target = resolve(work.stage_dir, work.storage).join("model")
+            save_model(engine.module, work.tokenizer, target.uri, fs=target.fs)
+            print(f"train: stage {work.stage} model saved to {target.uri}", flush=True)
 
 
 def _warmup_cosine(warmup: int, total: int):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2med.platform.storage import Location
-from p2med.platform.train.config import TrackingSettings
+from p2med.platform.train.settings import TrackingSettings
 
 
 @dataclass

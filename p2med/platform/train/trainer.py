@@ -36,14 +36,14 @@ from p2med.model.config import ModelConfig
 from p2med.model.files import download
 from p2med.model.presets import PRESETS
 from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer, with_image_token
-from p2med.platform.data.stage_config import StageDataConfig
 from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
+from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.ray_runtime import ensure_ray
 from p2med.platform.storage import Location, check_writable
-from p2med.platform.train.config import TrainSettings
-from p2med.platform.train.loop import NAN_MARKER, StageJob, train_loop
+from p2med.platform.train.loop import NAN_MARKER, StageWork, train_loop
+from p2med.platform.train.settings import TrainSettings
 
 MODEL_DIR = "model"
 DATA_CPUS = 1  # kept free of training workers for the stage datasets' tasks
@@ -122,7 +122,7 @@ def _run_stage(
         if stage_dir.join(name).exists():
             stage_dir.join(name).remove()
     tokenizer = load_tokenizer(tokenizer_dir)
-    data_config = StageDataConfig(
+    data_config = StageDataSettings(
         tokenizer=tokenizer_dir,
         max_length=settings.data.max_length,
         task_weights=settings.data.task_weights,
@@ -140,7 +140,7 @@ def _run_stage(
         size = f"{train_data.count():,} samples, {train_data.size_bytes() / 2**20:,.0f} MiB"
         print(f"train: stage {stage} training data encoded and held in memory ({size})", flush=True)
     datasets = {"train": train_data, "val": val_data}
-    job = StageJob(
+    work = StageWork(
         stage=stage,
         settings=settings,
         stage_dir=stage_dir.uri,
@@ -154,7 +154,7 @@ def _run_stage(
     _wait_for_resources(scaling)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"job": job},
+        train_loop_config={"work": work},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,

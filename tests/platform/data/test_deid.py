@@ -7,7 +7,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from p2med.platform.data.deid import (
-    DeidConfig,
+    DeidSettings,
     Pseudonymizer,
     Scrubber,
     header_identifiers,
@@ -29,10 +29,10 @@ def test_pseudonyms_are_stable_and_keyed():
 def test_key_comes_from_config_or_environment(monkeypatch):
     monkeypatch.delenv("P2MED_DEID_KEY", raising=False)
     with pytest.raises(P2MedError, match="no de-identification key"):
-        resolve_key(DeidConfig())
+        resolve_key(DeidSettings())
     monkeypatch.setenv("P2MED_DEID_KEY", "from-env")
-    assert resolve_key(DeidConfig()) == b"from-env"
-    assert resolve_key(DeidConfig(key="from-config")) == b"from-config"
+    assert resolve_key(DeidSettings()) == b"from-env"
+    assert resolve_key(DeidSettings(key="from-config")) == b"from-config"
 
 
 def test_name_spellings():

@@ -12,10 +12,10 @@ import pytest
 from pydicom.errors import InvalidDicomError
 
 from p2med.platform.data.quarantine import Reason
-from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth.faults import UNEVEN_GAPS, FaultSet, make_faults
 
-CONFIG = SynthConfig(patients=4, xray_size=96, ct_slices=12, ct_size=48)
+CONFIG = SynthSettings(patients=4, xray_size=96, ct_slices=12, ct_size=48)
 REPORTS_BEFORE, RECORDS_BEFORE = 5, 7
 KINDS = {
     "truncated": Reason.UNREADABLE_FILE,

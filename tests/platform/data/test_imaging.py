@@ -13,10 +13,10 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
-from p2med.platform.data.imaging import DecodeFailure, ImagingConfig, ct_volume, square, xray_pixels
+from p2med.platform.data.imaging import DecodeFailure, ImagingSettings, ct_volume, square, xray_pixels
 from p2med.platform.data.quarantine import Reason
 
-CONFIG = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
+CONFIG = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
 
 
 def as_radiograph(name: str) -> pydicom.Dataset:

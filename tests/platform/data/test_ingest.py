@@ -12,21 +12,21 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from p2med.platform.data.deid import DeidConfig, Pseudonymizer
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings, Pseudonymizer
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 
 KEY = "test-deid-key"
-RAW = SynthConfig(
+RAW = SynthSettings(
     patients=20, ct_fraction=0.5, xray_size=128, ct_slices=12, ct_size=48, workers=1, faults=True
 )
-CONFIG = IngestConfig(
-    imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32),
-    deid=DeidConfig(key=KEY),
+CONFIG = IngestSettings(
+    imaging=ImagingSettings(xray_size=64, ct_slices=8, ct_size=32),
+    deid=DeidSettings(key=KEY),
     shard_target_mb=0.2,
 )
 
@@ -160,7 +160,7 @@ def test_split_is_deterministic_and_keyed(ingested, tmp_path):
     first = {r["patient"]: r["split"] for r in shard_rows(shards)}
     ingest(resolve(str(raw)), resolve(str(tmp_path / "again")), CONFIG)
     assert {r["patient"]: r["split"] for r in shard_rows(tmp_path / "again")} == first
-    other_key = CONFIG.model_copy(update={"deid": DeidConfig(key="another-key")})
+    other_key = CONFIG.model_copy(update={"deid": DeidSettings(key="another-key")})
     ingest(resolve(str(raw)), resolve(str(tmp_path / "other")), other_key)
     assert not set(first) & {r["patient"] for r in shard_rows(tmp_path / "other")}
 
@@ -184,7 +184,9 @@ def test_refuses_foreign_location_and_missing_key(ingested, tmp_path, monkeypatc
     monkeypatch.delenv("P2MED_DEID_KEY", raising=False)
     with pytest.raises(P2MedError, match="no de-identification key"):
         ingest(
-            resolve(str(raw)), resolve(str(tmp_path / "s")), CONFIG.model_copy(update={"deid": DeidConfig()})
+            resolve(str(raw)),
+            resolve(str(tmp_path / "s")),
+            CONFIG.model_copy(update={"deid": DeidSettings()}),
         )
 
 

@@ -17,13 +17,12 @@ import pytest
 import torch
 
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer, train_bpe_tokenizer
-from p2med.platform.data.deid import DeidConfig
+from p2med.platform.data.deid import DeidSettings
 from p2med.platform.data.extract import VocabularyExtractor
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.prompts import INSTRUCTIONS, RECORD_INPUTS, image_report, stage_samples
-from p2med.platform.data.stage_config import StageDataConfig, TaskWeights
 from p2med.platform.data.stage_datasets import (
     IGNORE_INDEX,
     DroppedSamples,
@@ -33,13 +32,14 @@ from p2med.platform.data.stage_datasets import (
     shard_paths,
     stage_dataset,
 )
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.stage_settings import StageDataSettings, TaskWeights
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location, resolve
 
-IMAGING = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32)
+IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
 XRAY, CT = (64, 64), (8, 32, 32)
 MAX_LENGTH = 384  # room for every prompt of this data, so only targets are cut
 
@@ -47,12 +47,14 @@ MAX_LENGTH = 384  # room for every prompt of this data, so only targets are cut
 @pytest.fixture(scope="module")
 def local_shards(tmp_path_factory, ray_local) -> Location:
     root = tmp_path_factory.mktemp("stage")
-    synth = SynthConfig(
+    synth = SynthSettings(
         patients=24, ct_fraction=0.5, xray_size=128, ct_slices=12, ct_size=48, workers=1, seed=5
     )
     generate(synth, resolve(str(root / "raw")), progress=False)
     shards = resolve(str(root / "shards"))
-    ingest(resolve(str(root / "raw")), shards, IngestConfig(imaging=IMAGING, deid=DeidConfig(key="test-key")))
+    ingest(
+        resolve(str(root / "raw")), shards, IngestSettings(imaging=IMAGING, deid=DeidSettings(key="test-key"))
+    )
     return shards
 
 
@@ -90,8 +92,8 @@ def tok(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
 
 
-def config(tokenizer_dir: str, **changes) -> StageDataConfig:
-    return StageDataConfig(tokenizer=tokenizer_dir, max_length=MAX_LENGTH, **changes)
+def config(tokenizer_dir: str, **changes) -> StageDataSettings:
+    return StageDataSettings(tokenizer=tokenizer_dir, max_length=MAX_LENGTH, **changes)
 
 
 def shard_rows(shards: Location, split: str) -> list[dict]:
@@ -286,7 +288,7 @@ def test_bench_split_holds_only_bench_patients(shards, tokenizer_dir, tok):
 def test_prompts_that_fill_max_length_are_dropped_and_counted(local_shards, tokenizer_dir, tok, ray_local):
     dropped = DroppedSamples.remote()
     short = 48  # report prompts fit, record prompts do not
-    settings = StageDataConfig(tokenizer=tokenizer_dir, max_length=short)
+    settings = StageDataSettings(tokenizer=tokenizer_dir, max_length=short)
     found = batches(stage_dataset(local_shards, 3, "train", settings, dropped=dropped))
     counts = ray_local.get(dropped.counts.remote())
     kept = collections.Counter(TASKS[int(t)] for b in found for t in b["task"])
@@ -324,4 +326,4 @@ def test_bad_arguments_fail_on_the_driver(local_shards, tokenizer_dir, tmp_path)
     with pytest.raises(P2MedError, match=r"no manifest\.json"):
         stage_dataset(resolve(str(tmp_path)), 1, "train", config(tokenizer_dir))
     with pytest.raises(P2MedError, match="no tokenizer"):
-        stage_dataset(local_shards, 1, "train", StageDataConfig(tokenizer=str(Path(tmp_path) / "none")))
+        stage_dataset(local_shards, 1, "train", StageDataSettings(tokenizer=str(Path(tmp_path) / "none")))

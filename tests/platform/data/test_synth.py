@@ -17,7 +17,7 @@ import pytest
 from monai.transforms import LoadImage
 from pydicom.uid import UID
 
-from p2med.platform.data.synth import SynthConfig, generate
+from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.data.synth.anatomy import LOBE_BANDS, lobe_mask_2d
 from p2med.platform.data.synth.ct import lobe_mask_3d, lung_masks, volume_grid
 from p2med.platform.data.synth.dicom import uid
@@ -27,7 +27,9 @@ from p2med.platform.data.vocabulary import LOBES
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 
-SMALL = SynthConfig(patients=16, ct_fraction=0.5, xray_size=192, ct_slices=16, ct_size=64, workers=1, seed=3)
+SMALL = SynthSettings(
+    patients=16, ct_fraction=0.5, xray_size=192, ct_slices=16, ct_size=64, workers=1, seed=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ def _comparison_lobes(case, stated: str) -> list[str]:
     ]
 
 
-def cases_with_focal_findings(config: SynthConfig, root: Path):
+def cases_with_focal_findings(config: SynthSettings, root: Path):
     """Generate `config` into `root`; yield (case, its focal findings) where it has some."""
     generate(config, resolve(str(root)), progress=False)
     for i in range(config.patients):

@@ -14,36 +14,36 @@ import pytest
 from p2med.model.checkpoint import save_model
 from p2med.model.presets import build_model
 from p2med.model.tokenizer import train_bpe_tokenizer
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.ingest_plan import SplitConfig
+from p2med.platform.data.ingest_plan import SplitSettings
+from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.stage_datasets import corpus, read_manifest
-from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.benchmark import build_benchmark
 from p2med.platform.eval.controls import majority_answers, shuffled_images, text_only
 from p2med.platform.eval.evaluate import evaluate
-from p2med.platform.eval.settings import CONTROLS, BenchmarkConfig, EvalSettings, InferenceConfig
+from p2med.platform.eval.settings import CONTROLS, BenchmarkSettings, EvalSettings, InferenceSettings
 from p2med.platform.storage import resolve
-from p2med.platform.train.config import TrainSettings
+from p2med.platform.train.settings import TrainSettings
 from p2med.platform.train.trainer import model_config_for
 
-RAW = SynthConfig(patients=80, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
-IMAGING = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32)
+RAW = SynthSettings(patients=80, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
+IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
 QUICK = EvalSettings(
-    benchmark=BenchmarkConfig(samples=18),
-    inference=InferenceConfig(batch_size=8, max_new_tokens=12),
+    benchmark=BenchmarkSettings(samples=18),
+    inference=InferenceSettings(batch_size=8, max_new_tokens=12),
 )
 
 
 def ingested(root: Path, bench_fraction: float = 0.3) -> Path:
     synthesize(RAW, resolve(str(root / "raw")), progress=False)
-    config = IngestConfig(
-        imaging=IMAGING, deid=DeidConfig(key="k"), split=SplitConfig(bench_fraction=bench_fraction)
+    config = IngestSettings(
+        imaging=IMAGING, deid=DeidSettings(key="k"), split=SplitSettings(bench_fraction=bench_fraction)
     )
     ingest(resolve(str(root / "raw")), resolve(str(root / "shards")), config)
     return root / "shards"
@@ -66,13 +66,13 @@ def model_dir(shards, tmp_path_factory) -> Path:
 
 def test_the_benchmark_is_deterministic_and_balanced(shards):
     at = resolve(str(shards))
-    first = build_benchmark(at, BenchmarkConfig(samples=60))
-    again = build_benchmark(at, BenchmarkConfig(samples=60))
-    other_seed = build_benchmark(at, BenchmarkConfig(samples=60, seed=1))
+    first = build_benchmark(at, BenchmarkSettings(samples=60))
+    again = build_benchmark(at, BenchmarkSettings(samples=60))
+    other_seed = build_benchmark(at, BenchmarkSettings(samples=60, seed=1))
 
     assert [s.id for s in first.samples] == [s.id for s in again.samples]
     assert [s.id for s in first.samples] != [s.id for s in other_seed.samples]
-    everything = build_benchmark(at, BenchmarkConfig(samples=100_000))  # every candidate
+    everything = build_benchmark(at, BenchmarkSettings(samples=100_000))  # every candidate
     available = collections.Counter((s.task, s.diagnosis) for s in everything.samples)
     per_task = collections.Counter(s.task for s in first.samples)
     assert set(per_task) == set(TASKS)
@@ -90,7 +90,7 @@ def test_the_benchmark_is_deterministic_and_balanced(shards):
 
 def test_controls_remove_or_swap_the_images_and_majority_needs_no_model(shards):
     at = resolve(str(shards))
-    bench = build_benchmark(at, BenchmarkConfig(samples=60))
+    bench = build_benchmark(at, BenchmarkSettings(samples=60))
     shown = [s for s in bench.samples if s.images]
 
     blind = [text_only(s) for s in shown]
@@ -157,7 +157,7 @@ def test_a_sample_that_cannot_be_generated_is_recorded_and_the_run_goes_on(shard
         pq.write_table(table.from_pylist(rows, schema=table.schema), path)
         break
     settings = QUICK.model_copy(
-        update={"benchmark": BenchmarkConfig(samples=60, tasks=["outpatient_record"]), "controls": []}
+        update={"benchmark": BenchmarkSettings(samples=60, tasks=["outpatient_record"]), "controls": []}
     )
 
     metrics = evaluate(resolve(str(model_dir)), resolve(str(copy)), resolve(str(tmp_path / "eval")), settings)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.storage import resolve
 from tests.conftest import free_port
@@ -73,9 +73,13 @@ def _answers(url: str) -> bool:
 def test_train_runs_as_a_submitted_ray_job(head, tmp_path, ray_local):
     address, env = head
     raw, shards, output = tmp_path / "raw", tmp_path / "shards", tmp_path / "out"
-    synthesize(SynthConfig(patients=12, xray_size=96, ct_slices=10, ct_size=40, workers=1), resolve(str(raw)))
-    imaging = ImagingConfig(xray_size=64, ct_slices=8, ct_size=32)
-    ingest(resolve(str(raw)), resolve(str(shards)), IngestConfig(imaging=imaging, deid=DeidConfig(key="k")))
+    synthesize(
+        SynthSettings(patients=12, xray_size=96, ct_slices=10, ct_size=40, workers=1), resolve(str(raw))
+    )
+    imaging = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
+    ingest(
+        resolve(str(raw)), resolve(str(shards)), IngestSettings(imaging=imaging, deid=DeidSettings(key="k"))
+    )
     command = [
         str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
         "p2med", "train", "--config", "train/tiny.yaml", "stage=1", f"shards={shards}", f"output={output}",

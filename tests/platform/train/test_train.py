@@ -21,15 +21,15 @@ import torch
 
 from p2med.model.checkpoint import load_model
 from p2med.model.generation import GenerationSettings, encode_prompts, generate
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_config import IngestConfig
-from p2med.platform.data.synth import SynthConfig
+from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
-from p2med.platform.train.config import (
+from p2med.platform.train.settings import (
     AlignmentStageSettings,
     CheckpointSettings,
     DataSettings,
@@ -45,10 +45,10 @@ from p2med.platform.train.trainer import train
 
 pytestmark = pytest.mark.slow
 
-RAW = SynthConfig(patients=24, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
-INGEST = IngestConfig(
-    imaging=ImagingConfig(xray_size=64, ct_slices=8, ct_size=32),
-    deid=DeidConfig(key="k"),
+RAW = SynthSettings(patients=24, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
+INGEST = IngestSettings(
+    imaging=ImagingSettings(xray_size=64, ct_slices=8, ct_size=32),
+    deid=DeidSettings(key="k"),
     shard_target_mb=0.3,
 )
 

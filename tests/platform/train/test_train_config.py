@@ -6,7 +6,7 @@ import pytest
 
 from p2med.platform.config import load_config
 from p2med.platform.errors import ConfigError
-from p2med.platform.train.config import TrainSettings
+from p2med.platform.train.settings import TrainSettings
 
 
 def test_vision_steps_must_leave_steps_for_alignment():

@@ -38,7 +38,7 @@ from p2med.platform.data.synth.reports import report_record
 from p2med.platform.data.synth.xray import render_xray
 
 if TYPE_CHECKING:
-    from p2med.platform.data.synth.generator import SynthConfig
+    from p2med.platform.data.synth.generator import SynthSettings
 
 XRAY_FOV_MM = 300.0
 CT_FOV_MM = 250.0
@@ -73,7 +73,9 @@ class FaultSet:
     `Reason` value. A malformed line in each JSONL file is a fault of its own."""
 
 
-def make_faults(config: SynthConfig, first_index: int, reports_before: int, records_before: int) -> FaultSet:
+def make_faults(
+    config: SynthSettings, first_index: int, reports_before: int, records_before: int
+) -> FaultSet:
     """One broken input of each kind, from patients `first_index` to `first_index + 12`
     (`len(FILE_FAULTS) + 2` patients: one per file fault, the imageless report, the cut lines)."""
     files: dict[str, bytes] = {}
@@ -100,7 +102,7 @@ def _entry(kind: str, inputs: list[str], reason: Reason) -> dict:
 
 
 def _xray(
-    config: SynthConfig, index: int, shape: tuple[int, int] | None = None, modality: str = "DX"
+    config: SynthSettings, index: int, shape: tuple[int, int] | None = None, modality: str = "DX"
 ) -> XrayFile:
     """Patient `index`'s chest X-ray, square at the configured size unless `shape` says otherwise."""
     case = generator.patient_case(config, index)
@@ -127,22 +129,22 @@ def _set_sop_instance_uid(ds: Dataset, sop_instance_uid: str) -> None:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
 
 
-def _truncated(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _truncated(config: SynthSettings, index: int) -> dict[str, bytes]:
     """An upload cut short: the header survives, the pixel data stops at 60% of the file."""
     xray = _xray(config, index)
     return {_xray_path(xray.sop_instance_uid): xray.data[: len(xray.data) * 3 // 5]}
 
 
-def _not_dicom(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _not_dicom(config: SynthSettings, index: int) -> dict[str, bytes]:
     return {_xray_path(uid(generator.dataset_key(config), index, "xray-image")): ERROR_PAGE}
 
 
-def _no_pixel_data(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _no_pixel_data(config: SynthSettings, index: int) -> dict[str, bytes]:
     xray = _xray(config, index)
     return {_xray_path(xray.sop_instance_uid): _rewrite(xray.data, lambda ds: delattr(ds, "PixelData"))}
 
 
-def _undecodable(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _undecodable(config: SynthSettings, index: int) -> dict[str, bytes]:
     """Pixel data labelled MPEG-2 video, which neither pydicom nor pylibjpeg decodes."""
     garbage = np.random.default_rng([config.seed, index, 6]).bytes(1024)
 
@@ -157,7 +159,7 @@ def _undecodable(config: SynthConfig, index: int) -> dict[str, bytes]:
     return {_xray_path(xray.sop_instance_uid): _rewrite(xray.data, change)}
 
 
-def _wrong_modality(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _wrong_modality(config: SynthSettings, index: int) -> dict[str, bytes]:
     """A valid MR image misrouted into the X-ray folder: only its modality is wrong."""
     key = generator.dataset_key(config)
     mr_uid = uid(key, index, "mr-image")
@@ -187,13 +189,13 @@ def _wrong_modality(config: SynthConfig, index: int) -> dict[str, bytes]:
     return {_xray_path(mr_uid): _rewrite(xray.data, change)}
 
 
-def _absurd_dimensions(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _absurd_dimensions(config: SynthSettings, index: int) -> dict[str, bytes]:
     """A valid file whose image is 2 x 4096 pixels: a strip, not a chest."""
     xray = _xray(config, index, shape=(2, 4096))
     return {_xray_path(xray.sop_instance_uid): xray.data}
 
 
-def _image_without_report(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _image_without_report(config: SynthSettings, index: int) -> dict[str, bytes]:
     xray = _xray(config, index)
     return {_xray_path(xray.sop_instance_uid): xray.data}
 
@@ -201,7 +203,7 @@ def _image_without_report(config: SynthConfig, index: int) -> dict[str, bytes]:
 # --- CT series ---------------------------------------------------------------------------
 
 
-def _ct(config: SynthConfig, index: int, slices: int | None = None) -> CtSeries:
+def _ct(config: SynthSettings, index: int, slices: int | None = None) -> CtSeries:
     """Patient `index`'s chest CT of `slices` slices (the configured number unless given),
     made even if the patient's case has no CT."""
     slices = slices or config.ct_slices
@@ -216,7 +218,7 @@ def _ct_files(series: CtSeries, slices: list[tuple[str, bytes]]) -> dict[str, by
     return {f"dicom/ct/{series.series_instance_uid}/{sop}.dcm": data for sop, data in slices}
 
 
-def _ct_missing_slices(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _ct_missing_slices(config: SynthSettings, index: int) -> dict[str, bytes]:
     """Three consecutive middle slices lost: a gap of four spacings. The series is made three
     slices longer, so that it keeps as many as a sound one and is not merely too short."""
     series = _ct(config, index, config.ct_slices + 3)
@@ -224,7 +226,7 @@ def _ct_missing_slices(config: SynthConfig, index: int) -> dict[str, bytes]:
     return _ct_files(series, series.files[: middle - 1] + series.files[middle + 2 :])
 
 
-def _ct_duplicate_slices(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _ct_duplicate_slices(config: SynthSettings, index: int) -> dict[str, bytes]:
     """The middle slice sent twice, the second time under a new SOPInstanceUID."""
     series = _ct(config, index)
     again = uid(generator.dataset_key(config), index, "ct-slice-duplicate")
@@ -232,7 +234,7 @@ def _ct_duplicate_slices(config: SynthConfig, index: int) -> dict[str, bytes]:
     return _ct_files(series, [*series.files, (again, copy)])
 
 
-def _ct_uneven_spacing(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _ct_uneven_spacing(config: SynthSettings, index: int) -> dict[str, bytes]:
     """Every slice in place but moved along z so that the gaps follow `UNEVEN_GAPS`."""
     series = _ct(config, index)
     gaps = CT_CHEST_MM / config.ct_slices * np.resize(UNEVEN_GAPS, len(series.files) - 1)
@@ -251,12 +253,12 @@ def _ct_uneven_spacing(config: SynthConfig, index: int) -> dict[str, bytes]:
     return _ct_files(series, moved)
 
 
-def _ct_single_slice(config: SynthConfig, index: int) -> dict[str, bytes]:
+def _ct_single_slice(config: SynthSettings, index: int) -> dict[str, bytes]:
     series = _ct(config, index)
     return _ct_files(series, [series.files[len(series.files) // 2]])
 
 
-FILE_FAULTS: dict[str, tuple[Reason, Callable[[SynthConfig, int], dict[str, bytes]]]] = {
+FILE_FAULTS: dict[str, tuple[Reason, Callable[[SynthSettings, int], dict[str, bytes]]]] = {
     "truncated": (Reason.UNREADABLE_FILE, _truncated),
     "not_dicom": (Reason.UNREADABLE_FILE, _not_dicom),
     "no_pixel_data": (Reason.NO_PIXEL_DATA, _no_pixel_data),
@@ -280,13 +282,13 @@ def _json_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True)
 
 
-def _report_without_image(config: SynthConfig, index: int) -> str:
+def _report_without_image(config: SynthSettings, index: int) -> str:
     """A well-formed report for an X-ray study of which no file exists."""
     study = uid(generator.dataset_key(config), index, "xray-study")
     return _json_line(report_record(generator.patient_case(config, index), config.seed, "DX", study))
 
 
-def _cut_lines(config: SynthConfig, index: int) -> tuple[str, str]:
+def _cut_lines(config: SynthSettings, index: int) -> tuple[str, str]:
     """A report line and a record line cut in half, as an exporter that died mid-write leaves them."""
     case = generator.patient_case(config, index)
     report = _json_line(

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 from p2med.platform.data.synth.anatomy import ChestLayout, sample_layout
 from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.ct import render_ct
@@ -38,7 +38,7 @@ from p2med.platform.data.synth.records import inpatient_record, outpatient_recor
 from p2med.platform.data.synth.reports import report_record
 from p2med.platform.data.synth.xray import render_xray
 from p2med.platform.errors import P2MedError
-from p2med.platform.storage import Location, StorageConfig, check_writable, resolve
+from p2med.platform.storage import Location, StorageSettings, check_writable, resolve
 
 MANIFEST = "manifest.json"
 INCOMPLETE_MARKER = ".p2med-synth-incomplete"
@@ -50,7 +50,7 @@ OUR_ENTRIES = ("dicom", "reports.jsonl", "records.jsonl")
 PATIENTS_PER_TASK = 4
 
 
-class Prevalence(Config):
+class Prevalence(Settings):
     """Relative weight of each diagnosis among generated patients (normalised to sum 1)."""
 
     normal: float = Field(1.0, ge=0)
@@ -71,7 +71,7 @@ class Prevalence(Config):
         return self
 
 
-class SynthConfig(Config):
+class SynthSettings(Settings):
     """What to generate. Same config and seed, same bytes."""
 
     patients: int = Field(200, gt=0, le=10_000_000)
@@ -94,7 +94,7 @@ class SynthConfig(Config):
     """Mix in one broken input of each kind the ingest must quarantine (listed in the manifest)."""
 
 
-def dataset_key(config: SynthConfig) -> str:
+def dataset_key(config: SynthSettings) -> str:
     """What makes patient i what it is: every field but the patient count and workers.
     UIDs derive from it, so a larger set with the same settings extends a smaller one."""
     settings = config.model_dump(exclude={"patients", "workers", "faults"})
@@ -135,17 +135,17 @@ class SynthSummary:
         return self.patients / self.seconds if self.seconds else float("inf")
 
 
-def patient_case(config: SynthConfig, index: int) -> Case:
+def patient_case(config: SynthSettings, index: int) -> Case:
     return make_case(config.seed, index, config.prevalence.model_dump(), config.ct_fraction)
 
 
-def patient_layout(config: SynthConfig, case: Case) -> ChestLayout:
+def patient_layout(config: SynthSettings, case: Case) -> ChestLayout:
     """The chest geometry shared by the patient's X-ray and CT."""
     hyper = any(f.type == "hyperinflation" for f in case.findings)
     return sample_layout(np.random.default_rng([config.seed, case.index, 4]), hyper)
 
 
-def render_patient(config: SynthConfig, index: int, out: Location) -> PatientOutput:
+def render_patient(config: SynthSettings, index: int, out: Location) -> PatientOutput:
     """Make patient `index` and write its DICOM files under `out`."""
     case = patient_case(config, index)
     layout = patient_layout(config, case)
@@ -179,14 +179,14 @@ def render_patient(config: SynthConfig, index: int, out: Location) -> PatientOut
 
 
 def _render_range(
-    config: SynthConfig, out_uri: str, storage: StorageConfig, start: int, stop: int
+    config: SynthSettings, out_uri: str, storage: StorageSettings, start: int, stop: int
 ) -> list[PatientOutput]:
     """Patients [start, stop), in a worker process: it resolves its own storage client."""
     out = resolve(out_uri, storage)
     return [render_patient(config, i, out) for i in range(start, stop)]
 
 
-def generate(config: SynthConfig, out: Location, progress: bool = True) -> SynthSummary:
+def generate(config: SynthSettings, out: Location, progress: bool = True) -> SynthSummary:
     """Generate the data set into `out`, replacing an earlier synthetic data set there.
 
     Raises:
@@ -259,7 +259,7 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 
 def _write_tables_and_manifest(
-    config: SynthConfig, out: Location, results: list[PatientOutput]
+    config: SynthSettings, out: Location, results: list[PatientOutput]
 ) -> SynthSummary:
     reports = [r for p in results for r in p.reports]
     records = [r for p in results for r in p.records]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from p2med.platform.config import Config
+from p2med.platform.config import Settings
 
 
-class TaskWeights(Config):
+class TaskWeights(Settings):
     """Stage-3 mixing: expected copies per epoch of each (patient, task) pair.
 
     1 keeps every pair once, 0.5 a deterministic half of them, 2.5 each pair twice plus a
@@ -30,7 +30,7 @@ class TaskWeights(Config):
     """Case summary with diagnosis -> treatment plan."""
 
 
-class StageDataConfig(Config):
+class StageDataSettings(Settings):
     """How shards become the training samples of a stage."""
 
     tokenizer: str

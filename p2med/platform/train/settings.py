@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from p2med.platform.config import Config
-from p2med.platform.data.stage_config import TaskWeights
+from p2med.platform.config import Settings
+from p2med.platform.data.stage_settings import TaskWeights
 
 
-class StageSettings(Config):
+class StageSettings(Settings):
     """One training stage."""
 
     steps: int = Field(100, ge=1)
@@ -55,7 +55,7 @@ def _stage(steps: int, lr: float) -> Any:
     return Field(default_factory=lambda: StageSettings(steps=steps, lr=lr))
 
 
-class StagesSettings(Config):
+class StagesSettings(Settings):
     """Per-stage settings (DESIGN.md: 1 medical text, 2 image-text alignment, 3 instructions)."""
 
     stage1: StageSettings = _stage(150, 1e-3)
@@ -70,7 +70,7 @@ class StagesSettings(Config):
         return getattr(self, f"stage{stage}")
 
 
-class OptimizerSettings(Config):
+class OptimizerSettings(Settings):
     """AdamW (each stage's schedule is in its `StageSettings`)."""
 
     weight_decay: float = Field(0.0, ge=0)
@@ -82,7 +82,7 @@ class OptimizerSettings(Config):
     state) next to the language-model loss."""
 
 
-class ScalingSettings(Config):
+class ScalingSettings(Settings):
     """Ray Train workers."""
 
     workers: int = Field(2, ge=1)
@@ -99,7 +99,7 @@ class ScalingSettings(Config):
     """Worker failures (a killed process, a lost node) to recover from, each time from the last checkpoint."""
 
 
-class DeepSpeedSettings(Config):
+class DeepSpeedSettings(Settings):
     """DeepSpeed ZeRO; bf16 on GPU, fp32 on CPU."""
 
     zero_stage: Literal[2, 3] = 2
@@ -108,7 +108,7 @@ class DeepSpeedSettings(Config):
     """Merged last into the generated DeepSpeed config, e.g. {"zero_optimization": {"overlap_comm": true}}."""
 
 
-class CheckpointSettings(Config):
+class CheckpointSettings(Settings):
     """Ray Train checkpoints (every rank's DeepSpeed shard) under the output."""
 
     every_steps: int = Field(50, ge=1)
@@ -119,7 +119,7 @@ class CheckpointSettings(Config):
     """Batches per worker in a validation pass."""
 
 
-class TrackingSettings(Config):
+class TrackingSettings(Settings):
     """MLflow tracking and console progress."""
 
     mlflow_uri: str | None = None
@@ -130,7 +130,7 @@ class TrackingSettings(Config):
     """A console progress line (and MLflow metrics) every this many steps."""
 
 
-class ModelSettings(Config):
+class ModelSettings(Settings):
     """Which model to train."""
 
     preset: Literal["tiny", "paper"] = "tiny"
@@ -145,7 +145,7 @@ class ModelSettings(Config):
     """Size of the BPE that `tiny` trains."""
 
 
-class DataSettings(Config):
+class DataSettings(Settings):
     """How shards become stage samples."""
 
     max_length: int = Field(256, ge=16)
@@ -162,7 +162,7 @@ class DataSettings(Config):
     one read. Only for sets that fit in memory."""
 
 
-class TrainSettings(Config):
+class TrainSettings(Settings):
     """Everything `p2med train` needs besides the locations."""
 
     model: ModelSettings = ModelSettings()

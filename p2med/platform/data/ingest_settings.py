@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from p2med.platform.config import Config
-from p2med.platform.data.deid import DeidConfig
-from p2med.platform.data.imaging import ImagingConfig
-from p2med.platform.data.ingest_plan import SplitConfig
+from p2med.platform.config import Settings
+from p2med.platform.data.deid import DeidSettings
+from p2med.platform.data.imaging import ImagingSettings
+from p2med.platform.data.ingest_plan import SplitSettings
 
 
-class IngestConfig(Config):
+class IngestSettings(Settings):
     """How a raw store becomes shards."""
 
-    imaging: ImagingConfig = ImagingConfig()
+    imaging: ImagingSettings = ImagingSettings()
     """Image normalisation (sizes, CT window, geometry checks)."""
-    deid: DeidConfig = DeidConfig()
+    deid: DeidSettings = DeidSettings()
     """De-identification key."""
-    split: SplitConfig = SplitConfig()
+    split: SplitSettings = SplitSettings()
     """Patient-level train / val / bench split."""
     shard_target_mb: float = Field(64.0, gt=0)
     """Target size of one Parquet shard in MB (before compression)."""
