@@ -30,8 +30,8 @@ from p2med.model.presets import tiny
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.synth.cases import make_case
-from p2med.platform.data.synth.generator import SynthSettings
 from p2med.platform.data.synth.reports import report_record
+from p2med.platform.data.synth.settings import SynthSettings
 
 
 def report_texts(count: int) -> list[str]:

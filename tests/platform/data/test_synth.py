@@ -21,7 +21,7 @@ from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.data.synth.anatomy import LOBE_BANDS, lobe_mask_2d
 from p2med.platform.data.synth.ct import lobe_mask_3d, lung_masks, volume_grid
 from p2med.platform.data.synth.dicom import uid
-from p2med.platform.data.synth.generator import dataset_key, patient_case, patient_layout
+from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_layout
 from p2med.platform.data.synth.xray import image_grid
 from p2med.platform.data.vocabulary import LOBES
 from p2med.platform.errors import P2MedError

@@ -4,6 +4,7 @@ radiology reports and outpatient / inpatient records whose findings agree.
 Entry point: `generate(SynthSettings(...), resolve("data/raw"))`.
 """
 
-from p2med.platform.data.synth.generator import SynthSettings, SynthSummary, generate
+from p2med.platform.data.synth.generator import SynthSummary, generate
+from p2med.platform.data.synth.settings import SynthSettings
 
 __all__ = ["SynthSettings", "SynthSummary", "generate"]

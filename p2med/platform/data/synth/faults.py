@@ -8,10 +8,10 @@ with the reason it should get, so tests, benchmarks and demos can mix them into 
 and check the ingest's quarantine.
 
 Each fault belongs to its own extra patient (indices from `first_index` up), built with the
-generator's own functions, so it looks like the rest of the store and shares no UID with it.
-No fault patient has a report or record line, except the report that lacks its image and
-the cut lines themselves: each fault should give exactly one quarantine entry (a CT fault
-names its whole series). Pure: the same arguments give the same bytes.
+generator's own functions (`patients`), so it looks like the rest of the store and shares no
+UID with it. No fault patient has a report or record line, except the report that lacks its
+image and the cut lines themselves: each fault should give exactly one quarantine entry (a
+CT fault names its whole series). Pure: the same arguments give the same bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom import dcmread, dcmwrite
@@ -30,15 +29,13 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, MRImageStorage
 
 from p2med.platform.data.quarantine import Reason
-from p2med.platform.data.synth import generator  # the module, not its names: it may import this one
 from p2med.platform.data.synth.ct import render_ct
 from p2med.platform.data.synth.dicom import CtSeries, XrayFile, ct_series, uid, xray_file
+from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_layout
 from p2med.platform.data.synth.records import outpatient_record
 from p2med.platform.data.synth.reports import report_record
+from p2med.platform.data.synth.settings import SynthSettings
 from p2med.platform.data.synth.xray import render_xray
-
-if TYPE_CHECKING:
-    from p2med.platform.data.synth.generator import SynthSettings
 
 XRAY_FOV_MM = 300.0
 CT_FOV_MM = 250.0
@@ -105,11 +102,11 @@ def _xray(
     config: SynthSettings, index: int, shape: tuple[int, int] | None = None, modality: str = "DX"
 ) -> XrayFile:
     """Patient `index`'s chest X-ray, square at the configured size unless `shape` says otherwise."""
-    case = generator.patient_case(config, index)
+    case = patient_case(config, index)
     rng = np.random.default_rng([config.seed, index, 1])
     shape = shape or (config.xray_size, config.xray_size)
-    pixels = render_xray(generator.patient_layout(config, case), case.findings, shape, rng)
-    return xray_file(case, generator.dataset_key(config), pixels, XRAY_FOV_MM / config.xray_size, modality)
+    pixels = render_xray(patient_layout(config, case), case.findings, shape, rng)
+    return xray_file(case, dataset_key(config), pixels, XRAY_FOV_MM / config.xray_size, modality)
 
 
 def _xray_path(sop_instance_uid: str) -> str:
@@ -136,7 +133,7 @@ def _truncated(config: SynthSettings, index: int) -> dict[str, bytes]:
 
 
 def _not_dicom(config: SynthSettings, index: int) -> dict[str, bytes]:
-    return {_xray_path(uid(generator.dataset_key(config), index, "xray-image")): ERROR_PAGE}
+    return {_xray_path(uid(dataset_key(config), index, "xray-image")): ERROR_PAGE}
 
 
 def _no_pixel_data(config: SynthSettings, index: int) -> dict[str, bytes]:
@@ -161,7 +158,7 @@ def _undecodable(config: SynthSettings, index: int) -> dict[str, bytes]:
 
 def _wrong_modality(config: SynthSettings, index: int) -> dict[str, bytes]:
     """A valid MR image misrouted into the X-ray folder: only its modality is wrong."""
-    key = generator.dataset_key(config)
+    key = dataset_key(config)
     mr_uid = uid(key, index, "mr-image")
 
     def change(ds: Dataset) -> None:
@@ -207,10 +204,10 @@ def _ct(config: SynthSettings, index: int, slices: int | None = None) -> CtSerie
     """Patient `index`'s chest CT of `slices` slices (the configured number unless given),
     made even if the patient's case has no CT."""
     slices = slices or config.ct_slices
-    case = dataclasses.replace(generator.patient_case(config, index), has_ct=True)
+    case = dataclasses.replace(patient_case(config, index), has_ct=True)
     rng = np.random.default_rng([config.seed, index, 5])
-    volume = render_ct(generator.patient_layout(config, case), case.findings, slices, config.ct_size, rng)
-    key = generator.dataset_key(config)
+    volume = render_ct(patient_layout(config, case), case.findings, slices, config.ct_size, rng)
+    key = dataset_key(config)
     return ct_series(case, key, volume, CT_FOV_MM / config.ct_size, CT_CHEST_MM / slices)
 
 
@@ -229,7 +226,7 @@ def _ct_missing_slices(config: SynthSettings, index: int) -> dict[str, bytes]:
 def _ct_duplicate_slices(config: SynthSettings, index: int) -> dict[str, bytes]:
     """The middle slice sent twice, the second time under a new SOPInstanceUID."""
     series = _ct(config, index)
-    again = uid(generator.dataset_key(config), index, "ct-slice-duplicate")
+    again = uid(dataset_key(config), index, "ct-slice-duplicate")
     copy = _rewrite(series.files[len(series.files) // 2][1], lambda ds: _set_sop_instance_uid(ds, again))
     return _ct_files(series, [*series.files, (again, copy)])
 
@@ -284,15 +281,13 @@ def _json_line(row: dict) -> str:
 
 def _report_without_image(config: SynthSettings, index: int) -> str:
     """A well-formed report for an X-ray study of which no file exists."""
-    study = uid(generator.dataset_key(config), index, "xray-study")
-    return _json_line(report_record(generator.patient_case(config, index), config.seed, "DX", study))
+    study = uid(dataset_key(config), index, "xray-study")
+    return _json_line(report_record(patient_case(config, index), config.seed, "DX", study))
 
 
 def _cut_lines(config: SynthSettings, index: int) -> tuple[str, str]:
     """A report line and a record line cut in half, as an exporter that died mid-write leaves them."""
-    case = generator.patient_case(config, index)
-    report = _json_line(
-        report_record(case, config.seed, "DX", uid(generator.dataset_key(config), index, "xray-study"))
-    )
+    case = patient_case(config, index)
+    report = _json_line(report_record(case, config.seed, "DX", uid(dataset_key(config), index, "xray-study")))
     record = _json_line(outpatient_record(case))
     return report[: len(report) // 2], record[: len(record) // 2]

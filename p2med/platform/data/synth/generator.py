@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing
 import os
@@ -25,17 +24,15 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from p2med.platform.config import Settings
-from p2med.platform.data.synth.anatomy import ChestLayout, sample_layout
-from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.ct import render_ct
 from p2med.platform.data.synth.dicom import ct_series, xray_file
 from p2med.platform.data.synth.faults import make_faults
+from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_layout
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record
 from p2med.platform.data.synth.reports import report_record
+from p2med.platform.data.synth.settings import SynthSettings
 from p2med.platform.data.synth.xray import render_xray
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location, StorageSettings, check_writable, resolve
@@ -48,57 +45,6 @@ OUR_ENTRIES = ("dicom", "reports.jsonl", "records.jsonl")
 # Small enough to keep both workers busy to the end and the progress bar moving, large
 # enough that pickling results and task overhead stay negligible next to ~0.1 s a patient.
 PATIENTS_PER_TASK = 4
-
-
-class Prevalence(Settings):
-    """Relative weight of each diagnosis among generated patients (normalised to sum 1)."""
-
-    normal: float = Field(1.0, ge=0)
-    """Weight of patients without acute disease."""
-    bacterial_pneumonia: float = Field(1.0, ge=0)
-    """Weight of community-acquired bacterial pneumonia (lobar consolidation)."""
-    viral_pneumonia: float = Field(1.0, ge=0)
-    """Weight of viral pneumonia (bilateral interstitial opacities)."""
-    mycoplasma_pneumonia: float = Field(1.0, ge=0)
-    """Weight of Mycoplasma pneumoniae pneumonia (patchy opacities, school age)."""
-    bronchiolitis: float = Field(1.0, ge=0)
-    """Weight of acute bronchiolitis (hyperinflation, infants)."""
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> Prevalence:
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one diagnosis needs a weight above 0")
-        return self
-
-
-class SynthSettings(Settings):
-    """What to generate. Same config and seed, same bytes."""
-
-    patients: int = Field(200, gt=0, le=10_000_000)
-    """Number of patients; each gets an X-ray, an outpatient record, a report per study."""
-    seed: int = Field(0, ge=0)
-    """Random seed; the data set is a pure function of the config."""
-    prevalence: Prevalence = Prevalence()
-    """Relative weight of each diagnosis."""
-    ct_fraction: float = Field(0.3, ge=0, le=1)
-    """Share of patients who also get a chest CT series."""
-    xray_size: int = Field(512, ge=64, le=4096)
-    """X-ray height in pixels (width is 82-100% of it, as detector plates vary)."""
-    ct_slices: int = Field(32, ge=8, le=1024)
-    """Axial slices per CT series, covering the lungs."""
-    ct_size: int = Field(160, ge=32, le=1024)
-    """CT slice width and height in pixels."""
-    workers: int = Field(0, ge=0)
-    """Worker processes; 0 uses every CPU core."""
-    faults: bool = False
-    """Mix in one broken input of each kind the ingest must quarantine (listed in the manifest)."""
-
-
-def dataset_key(config: SynthSettings) -> str:
-    """What makes patient i what it is: every field but the patient count and workers.
-    UIDs derive from it, so a larger set with the same settings extends a smaller one."""
-    settings = config.model_dump(exclude={"patients", "workers", "faults"})
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -133,16 +79,6 @@ class SynthSummary:
     @property
     def patients_per_second(self) -> float:
         return self.patients / self.seconds if self.seconds else float("inf")
-
-
-def patient_case(config: SynthSettings, index: int) -> Case:
-    return make_case(config.seed, index, config.prevalence.model_dump(), config.ct_fraction)
-
-
-def patient_layout(config: SynthSettings, case: Case) -> ChestLayout:
-    """The chest geometry shared by the patient's X-ray and CT."""
-    hyper = any(f.type == "hyperinflation" for f in case.findings)
-    return sample_layout(np.random.default_rng([config.seed, case.index, 4]), hyper)
 
 
 def render_patient(config: SynthSettings, index: int, out: Location) -> PatientOutput:
