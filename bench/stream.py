@@ -39,6 +39,7 @@ import numpy as np
 import ray
 import torch
 
+from p2med import configs
 from p2med.model.tokenizer import train_bpe_tokenizer
 from p2med.platform.config import read_config_file
 from p2med.platform.data.deid import DeidSettings
@@ -152,7 +153,8 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="p2med-bench-stream-") as root, s3_server() as storage:
         started = time.perf_counter()
-        imaging = ImagingSettings(**read_config_file(f"ingest/{args.imaging}.yaml")["imaging"])
+        packaged = read_config_file(f"ingest/{args.imaging}.yaml", configs.FOLDER)
+        imaging = ImagingSettings(**packaged["imaging"])
         shards, config = prepare(args.patients, imaging, storage, root)
         spec = stream_spec(read_manifest(shards), STAGE, SPLIT, config)
         print(

@@ -4,10 +4,12 @@
     p2med <job> --help                 that job's config keys, types and defaults
     p2med <job> [--config FILE] [key=value ...]
 
+`--config` takes a YAML path, or a name under the packaged configs that this module hands
+down to the config loading (`synth/small.yaml` is p2med/configs/synth/small.yaml).
 Overrides use dotted keys for nested configs (`storage.region=eu-west-1`); `--key VALUE`
 is accepted for a top-level key (`--out data/raw`), `--no-key` for a top-level switch
-(`--no-serve`). Bad input ends with one line on
-stderr and a non-zero exit code, never a traceback.
+(`--no-serve`). Bad input ends with one line on stderr and a non-zero exit code, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from p2med import configs
 from p2med.platform.config import describe_fields, load_config
 from p2med.platform.errors import ConfigError, P2MedError
 from p2med.platform.ray_runtime import use_local_ray_env
@@ -84,7 +87,7 @@ def _dispatch(args: list[str]) -> int:
 def job_config(module: ModuleType, name: str, args: list[str]) -> Any:
     """The typed config of job `name` from its command-line arguments (validated)."""
     config_file, overrides = _split_args(name, args, module.JobSettings)
-    return load_config(module.JobSettings, config_file, overrides)
+    return load_config(module.JobSettings, config_file, overrides, packaged=configs.FOLDER)
 
 
 def _split_args(job: str, args: list[str], config_cls) -> tuple[str | None, list[str]]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 
+from p2med import configs
 from p2med.platform.config import Settings, load_config, validate
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest_settings import IngestSettings
@@ -36,7 +37,7 @@ TARGETS = "targets: xray_report findings F1 >= 0.90 and >= 0.40 above text-only;
 
 
 def _tiny_training() -> TrainSettings:
-    return load_config(TrainSettings, "train/tiny.yaml")
+    return load_config(TrainSettings, "train/tiny.yaml", packaged=configs.FOLDER)
 
 
 class JobSettings(Settings):

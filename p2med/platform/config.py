@@ -4,7 +4,11 @@ Every job's settings are a `Settings` subclass whose fields carry a type, a defa
 docstring. A wrong key or value fails here, at load time, with the key's dotted name,
 never deep inside a Ray worker. Validation is strict: `patients=true` is an error, not 1.
 
-    cfg = load_config(synth.JobSettings, "synth/small.yaml", ["patients=50", "storage.region=eu-west-1"])
+    cfg = load_config(synth.JobSettings, "synth/small.yaml", ["patients=50"], packaged=configs.FOLDER)
+
+A config name that is no file is looked up in the `packaged` folder the caller hands down
+(the CLI passes `p2med.configs.FOLDER`); the platform never looks configs up through a
+package above it (tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +26,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from p2med.platform.errors import ConfigError
 
 S = TypeVar("S", bound="Settings")
-
-PACKAGED_CONFIGS = "p2med.jobs"  # YAML configs ship in p2med/jobs/configs/
 
 
 class Settings(BaseModel):
@@ -101,23 +102,26 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_config_file(name: str) -> Path:
-    """A config path as given, else relative to the packaged `p2med/jobs/configs/`."""
+def find_config_file(name: str, packaged: Path | None = None) -> Path:
+    """A config path as given, else relative to the folder of packaged configs `packaged`."""
     given = Path(name).expanduser()
     if given.is_dir():
         raise ConfigError(f"config file {name!r} is a folder; give a YAML file")
     if given.is_file():
         return given
-    packaged = Path(str(resources.files(PACKAGED_CONFIGS).joinpath("configs", name)))
-    if packaged.is_file():
-        return packaged
+    if packaged is None:
+        raise ConfigError(f"config file {name!r} not found (looked in the current folder)")
+    shipped = packaged / name
+    if shipped.is_file():
+        return shipped
     raise ConfigError(
-        f"config file {name!r} not found (looked in the current folder and in {packaged.parent})"
+        f"config file {name!r} not found (looked in the current folder and in {shipped.parent})"
     )
 
 
-def read_config_file(name: str) -> dict[str, Any]:
-    path = find_config_file(name)
+def read_config_file(name: str, packaged: Path | None = None) -> dict[str, Any]:
+    """The mapping in config file `name` (found as `find_config_file` finds it)."""
+    path = find_config_file(name, packaged)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -135,9 +139,18 @@ def read_config_file(name: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[S], file: str | None = None, overrides: list[str] | None = None) -> S:
-    """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`."""
-    data = merge(nested_defaults(cls), read_config_file(file) if file else {})
+def load_config(
+    cls: type[S], file: str | None = None, overrides: list[str] | None = None, packaged: Path | None = None
+) -> S:
+    """Build a validated `cls` from defaults, then `file` (YAML), then `overrides`.
+
+    Args:
+        cls: The settings class.
+        file: A YAML file: a path, else a name under `packaged` (`synth/small.yaml`).
+        overrides: `key=value` tokens, dotted keys for nested settings.
+        packaged: The folder of packaged configs (the CLI hands down `p2med.configs.FOLDER`).
+    """
+    data = merge(nested_defaults(cls), read_config_file(file, packaged) if file else {})
     data = merge(data, parse_overrides(overrides or [], cls))
     return validate(cls, data)
 

@@ -100,6 +100,18 @@ def test_missing_and_broken_files(tmp_path):
         load_config(Outer, str(listing))
 
 
+def test_a_name_that_is_no_file_is_looked_up_in_the_packaged_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no job/c.yaml here
+    packaged = tmp_path / "packaged"
+    (packaged / "job").mkdir(parents=True)
+    (packaged / "job" / "c.yaml").write_text("count: 9\n")
+    assert load_config(Outer, "job/c.yaml", packaged=packaged).count == 9
+    with pytest.raises(ConfigError, match=r"'job/c\.yaml' not found \(looked in the current folder\)$"):
+        load_config(Outer, "job/c.yaml")  # no packaged folder handed down
+    with pytest.raises(ConfigError, match=f"'job/d.yaml' not found .* and in {packaged / 'job'}"):
+        load_config(Outer, "job/d.yaml", packaged=packaged)
+
+
 def test_an_override_changes_one_key_of_a_nested_default(tmp_path):
     class Parent(Settings):
         outer: Outer = Outer(name="parent's", inner=Inner(rate=0.9))
