@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -58,8 +60,12 @@ from p2med.platform.data.stage_datasets import (
     stream_spec,
 )
 from p2med.platform.data.synth import SynthSettings, generate
-from p2med.platform.local_s3 import local_s3_server
 from p2med.platform.storage import Location, StorageSettings, resolve
+
+# `python bench/stream.py` puts bench/ on the import path, not the repo root whose tests/
+# holds the S3 test server (test support, not part of the p2med package)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.local_s3 import local_s3_server
 
 STAGE, SPLIT = 3, "train"
 KEY, SECRET, REGION = "bench", "bench-secret", "us-east-1"

@@ -9,9 +9,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from p2med.platform.local_s3 import local_s3_server
 from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
 from p2med.platform.storage import StorageSettings
+from tests.support.local_s3 import local_s3_server
 
 use_local_ray_env()  # before a test module imports Ray Serve (see its docstring)
 

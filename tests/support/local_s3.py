@@ -1,5 +1,6 @@
-"""A local S3-compatible server for tests, benchmarks and demos: moto in server mode (the
-`dev` extra), in its own process, on 127.0.0.1."""
+"""A local S3-compatible server for tests and benchmarks: moto in server mode (the `dev`
+extra), in its own process, on 127.0.0.1. Test support, so it lives here and not in the
+p2med package; bench scripts import it too (bench/stream.py)."""
 
 from __future__ import annotations
 
