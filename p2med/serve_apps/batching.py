@@ -9,16 +9,20 @@ model idle while each group went back through the ingress and the encoder. Here,
 inference servers' continuous batching, a request joins the running batch at its next
 step; a batch starts when the first request has waited `wait_s` (or the batch is full)
 and ends when no request is left in it or waiting.
+
+The batcher reads time through a `Clock` (the monotonic clock and asyncio's timeouts by
+default), so its tests can move time by hand instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 Item = TypeVar("Item")
 
@@ -30,10 +34,34 @@ Admit = Callable[[int], list[tuple[Hashable, Item]]]
 _END = object()
 
 
+class Clock(Protocol):
+    """Where the batcher reads the time and waits."""
+
+    def now(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Returns when `event` is set or `timeout` seconds have passed, whichever is first."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: `time.monotonic` and asyncio's timeouts."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        # asyncio.TimeoutError: not yet the builtin TimeoutError on Python 3.10
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
 @dataclass(eq=False)  # a request is its own key in `Updates`
 class _Request(Generic[Item]):
     item: Item
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # text, then _END or an exception
     finished: bool = False
 
@@ -51,14 +79,19 @@ class JoiningBatcher(Generic[Item]):
     `Updates` keyed by the keys `admit` gave; each request's text streams to its caller
     as it comes, and its stream ends when it is finished (or when `run` returns). An
     exception in `run` ends the stream of every request it had admitted and not finished
-    with that exception."""
+    with that exception. `clock` is where it reads the time (tests pass one they move)."""
 
     def __init__(
-        self, run: Callable[[Admit[Item]], AsyncIterator[Updates]], max_batch_size: int, wait_s: float
+        self,
+        run: Callable[[Admit[Item]], AsyncIterator[Updates]],
+        max_batch_size: int,
+        wait_s: float,
+        clock: Clock | None = None,
     ) -> None:
         if max_batch_size < 1 or wait_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and wait_s >= 0; got {max_batch_size}, {wait_s}")
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.clock: Clock = clock or MonotonicClock()
         # appended on the event loop, taken by `admit` in the decode thread: deque's
         # append and popleft are atomic
         self._waiting: collections.deque[_Request[Item]] = collections.deque()
@@ -67,7 +100,7 @@ class JoiningBatcher(Generic[Item]):
 
     async def submit(self, item: Item) -> AsyncIterator[str]:
         """The text of `item`'s request, piece by piece."""
-        request = _Request(item)
+        request = _Request(item, arrived=self.clock.now())
         self._waiting.append(request)
         self._wake()
         while True:
@@ -93,12 +126,9 @@ class JoiningBatcher(Generic[Item]):
                 await self._arrived.wait()
                 continue
             deadline = self._waiting[0].arrived + self.wait_s
-            while len(self._waiting) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            while len(self._waiting) < self.max_batch_size and (left := deadline - self.clock.now()) > 0:
                 self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
+                await self.clock.wait(self._arrived, left)
             await self._run_one()
 
     async def _run_one(self) -> None:

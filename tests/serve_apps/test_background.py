@@ -1,17 +1,22 @@
 """iterate_ahead on its own: items in order from a worker thread that does not wait for
-the consumer, errors after the items before them, and an early stop that stops the thread."""
+the consumer, errors after the items before them, and an early stop that stops the thread.
+
+Nothing here sleeps: the tests' item generators block on events the test sets, so each
+assertion is about order. `GUARD_S` only ends a test whose behaviour broke so that it
+would wait forever.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import threading
-import time
 
 import pytest
 
 from p2med.serve_apps.background import iterate_ahead
+
+GUARD_S = 60.0
 
 
 def test_items_arrive_in_order_computed_off_the_event_loop():
@@ -30,24 +35,21 @@ def test_items_arrive_in_order_computed_off_the_event_loop():
     assert loop_thread not in threads
 
 
-def test_the_thread_runs_ahead_of_a_slow_consumer():
-    made: list[int] = []
+def test_the_thread_runs_ahead_of_a_consumer_that_has_not_asked_for_more():
+    all_made = threading.Event()
 
     def items():
-        for i in range(5):
-            made.append(i)
-            yield i
+        yield from range(5)
+        all_made.set()  # the thread asked for the item after the last one
 
     async def scenario():
-        seen_at_second = None
-        async for item in iterate_ahead(items()):
-            if item == 0:
-                await asyncio.sleep(0.3)  # the consumer is busy; the thread goes on
-            elif item == 1:
-                seen_at_second = list(made)
-        return seen_at_second
+        async with contextlib.aclosing(iterate_ahead(items())) as stream:
+            first = await anext(stream)
+            # the consumer holds item 0 and asks for nothing more until the thread has made all
+            made_meanwhile = await asyncio.to_thread(all_made.wait, GUARD_S)
+            return first, made_meanwhile, [item async for item in stream]
 
-    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+    assert asyncio.run(scenario()) == (0, True, [1, 2, 3, 4])
 
 
 def test_an_error_of_the_items_comes_after_the_items_before_it():
@@ -67,23 +69,30 @@ def test_an_error_of_the_items_comes_after_the_items_before_it():
 
 
 def test_stopping_early_stops_the_thread_before_the_close_returns():
-    made = itertools.count()
-    last = [0]
+    made: list[int] = []
+    item_4 = threading.Event()  # the thread is making item 4 (a model step) until the test sets it
 
-    def endless():
-        while True:
-            last[0] = next(made)
-            time.sleep(0.001)
-            yield last[0]
+    def many():  # enough that a thread that did not stop would be seen making more
+        for i in range(1000):
+            if i == 4:
+                item_4.wait(GUARD_S)
+            made.append(i)
+            yield i
 
     async def scenario():
-        async with contextlib.aclosing(iterate_ahead(endless())) as items:
-            async for item in items:
-                if item >= 3:
-                    break
-        stopped_at = last[0]
-        await asyncio.sleep(0.1)
-        return stopped_at, last[0]
+        stream = iterate_ahead(many())
+        async for item in stream:
+            if item == 3:
+                break
+        closing = asyncio.create_task(stream.aclose())
+        for _ in range(5):  # the close gets turns of the event loop while item 4 is being made
+            await asyncio.sleep(0)
+        closed_while_making = closing.done()
+        item_4.set()
+        await asyncio.wait_for(closing, GUARD_S)
+        return closed_while_making, list(made)
 
-    stopped_at, later = asyncio.run(scenario())
-    assert stopped_at == later  # nothing was made after the close returned
+    closed_while_making, made_at_close = asyncio.run(scenario())  # its end joins the worker threads
+    assert not closed_while_making  # the close waited for the thread
+    assert made_at_close == [0, 1, 2, 3, 4]  # the thread stopped before its next item
+    assert made == made_at_close  # nothing was made after the close returned
