@@ -48,17 +48,17 @@ from p2med.platform.data.deid import DeidSettings
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.shards import read_manifest, read_shard, shard_paths
 from p2med.platform.data.stage_datasets import (
-    StageDataSettings,
+    ROWS_PER_BATCH,
     StreamSpec,
+    columns_for,
     corpus,
     encode_rows,
-    read_manifest,
-    read_shard,
-    shard_paths,
     stage_dataset,
     stream_spec,
 )
+from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import Location, StorageSettings, resolve
 
@@ -113,7 +113,7 @@ def baseline_batches(
     fs = shards.arrow_filesystem()
     rest: dict[str, np.ndarray] | None = None
     for path in shard_paths(shards, read_manifest(shards)):
-        for rows in read_shard(path, STAGE, fs):
+        for rows in read_shard(path, fs, columns_for(STAGE), ROWS_PER_BATCH):
             arrays, _ = encode_rows(rows, spec)
             if rest is not None:
                 arrays = {key: np.concatenate([rest[key], value]) for key, value in arrays.items()}

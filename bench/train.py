@@ -41,7 +41,8 @@ from p2med.platform.data.deid import DeidSettings
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
-from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
+from p2med.platform.data.shards import read_manifest
+from p2med.platform.data.stage_datasets import corpus, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import resolve

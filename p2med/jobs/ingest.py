@@ -21,6 +21,8 @@ class JobSettings(IngestSettings):
 
 def run(config: JobSettings) -> None:
     from p2med.platform.data.ingest import ingest
+    from p2med.platform.data.ingest_plan import SPLITS
+    from p2med.platform.data.shards import MANIFEST
     from p2med.platform.storage import resolve
 
     raw, shards = resolve(config.raw, config.storage), resolve(config.shards, config.storage)
@@ -32,10 +34,9 @@ def run(config: JobSettings) -> None:
         f"ingest: {s.patients} patients from {s.files_read} DICOM files in {s.seconds:.1f} s "
         f"({s.files_per_second:.0f} files/s), {len(s.shard_files)} shards"
     )
-    splits = ("train", "val", "bench")
-    print(f"ingest: {'samples':<26}" + "".join(f"{x:>8}" for x in splits))
+    print(f"ingest: {'samples':<26}" + "".join(f"{x:>8}" for x in SPLITS))
     for task, counts in s.samples.items():
-        print(f"ingest:   {task:<24}" + "".join(f"{counts[x]:>8}" for x in splits))
+        print(f"ingest:   {task:<24}" + "".join(f"{counts[x]:>8}" for x in SPLITS))
     quarantined = ", ".join(f"{r} {n}" for r, n in sorted(s.quarantined.items())) or "none"
     print(f"ingest: quarantined {sum(s.quarantined.values())}: {quarantined}")
-    print(f"ingest: shards ready at {s.shards} (manifest: {shards.join('manifest.json').uri})")
+    print(f"ingest: shards ready at {s.shards} (manifest: {shards.join(MANIFEST).uri})")

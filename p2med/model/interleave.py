@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from p2med.model.batch import INPUT_IDS, findings_column, shown_column
+
 IGNORE_INDEX = -100  # label of positions without loss (PyTorch cross-entropy default)
 MODALITIES = ("xray", "ct")
 
@@ -34,23 +36,21 @@ class Images:
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor]) -> Images:
-        """From a stage-dataset batch: `xray` (B, S, S), `ct` (B, D, H, W) with `has_xray` and
-        `has_ct` (B,); a sample shows its X-ray before its CT, as its prompt does."""
-        size = len(batch["input_ids"])
-        has = {
-            m: batch[f"has_{m}"].bool() if f"has_{m}" in batch else torch.zeros(size, dtype=torch.bool)
-            for m in MODALITIES
-        }
+        """From a training batch (`p2med.model.batch`): `xray` (B, S, S), `ct` (B, D, H, W)
+        with `has_xray` and `has_ct` (B,); a sample shows its X-ray before its CT, as its
+        prompt does."""
+        size = len(batch[INPUT_IDS])
+        has = {m: batch.get(shown_column(m), torch.zeros(size)).bool() for m in MODALITIES}
         kinds = [[m for m in MODALITIES if has[m][b]] for b in range(size)]
         stacked = {m: batch[m][has[m]] if has[m].any() else None for m in MODALITIES}
         return cls(kinds, xray=stacked["xray"], ct=stacked["ct"])
 
     @staticmethod
     def findings_from_batch(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The finding labels (P, K) of a stage-dataset batch's images, in the reading order
-        of `from_batch`, from its `xray_findings` / `ct_findings` (B, K); NaN rows: unlabelled."""
-        shown = torch.stack([batch[f"has_{m}"].bool() for m in MODALITIES], 1)  # (B, 2)
-        labels = torch.stack([batch[f"{m}_findings"] for m in MODALITIES], 1)  # (B, 2, K)
+        """The finding labels (P, K) of a training batch's images, in the reading order of
+        `from_batch`, from its `xray_findings` / `ct_findings` (B, K); NaN rows: unlabelled."""
+        shown = torch.stack([batch[shown_column(m)].bool() for m in MODALITIES], 1)  # (B, 2)
+        labels = torch.stack([batch[findings_column(m)] for m in MODALITIES], 1)  # (B, 2, K)
         return labels[shown]  # row-major: sample by sample, X-ray before CT
 
     def check(self, placeholders: list[int]) -> None:

@@ -44,6 +44,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from p2med.model.checkpoint import check_model_folder
 from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.prompts import request_prompt
+from p2med.platform.data.tasks import IMAGE_TASKS
 from p2med.platform.storage import resolve
 from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
@@ -51,7 +52,6 @@ from p2med.serve_apps.models import Completion, imaging_for
 from p2med.serve_apps.settings import ServeSettings
 from p2med.serve_apps.uploads import decode_upload, upload_kind
 
-IMAGE_TASKS = ("xray_report", "ct_report", "outpatient_record", "inpatient_record", "differential_diagnosis")
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
 RETRY_AFTER_S = "1"
 DEMO_PATH = "/demo"

@@ -9,12 +9,7 @@ pixels (`imaging`), one block of patients per task, and each task writes its blo
 Parquet shard and returns the shard's checksum and counts, so the driver never reads shards
 back. Inputs that cannot be used are quarantined with a reason; the run goes on.
 
-Layout under the shards location:
-
-    data-<run id>/part-<sha256 prefix>.parquet   one row per patient (SHARD_SCHEMA)
-    manifest.json                               written last; names the data folder
-
-Readers follow the manifest, so they never see a half-written data set; a rerun writes a
+What it writes is the contract of `shards` (layout, manifest, schema). A rerun writes a
 new data folder, swaps the manifest, then removes the old folder.
 """
 
@@ -45,29 +40,19 @@ from p2med.platform.data.raw_store import (
     read_header,
     read_jsonl,
 )
-from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
+from p2med.platform.data.shards import (
+    DATA_PREFIX,
+    KIND,
+    MANIFEST,
+    SHARD_SCHEMA,
+    TEXT_COLUMNS,
+    encode_pixels,
+    write_manifest,
+)
+from p2med.platform.data.tasks import TASKS, tasks_for
 from p2med.platform.errors import P2MedError
 from p2med.platform.ray_runtime import ensure_ray
 from p2med.platform.storage import Location, StorageSettings, check_writable, resolve
-
-KIND = "p2med-shards"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-DATA_PREFIX = "data-"
-SHARD_SCHEMA = pa.schema(
-    [
-        pa.field("patient", pa.string(), nullable=False),  # keyed pseudonym
-        pa.field("split", pa.string(), nullable=False),  # train / val / bench
-        pa.field("sex", pa.string()),  # M / F / "" (unknown)
-        pa.field("age_years", pa.float32()),
-        pa.field("xray", pa.binary()),  # float16 (S, S), S = imaging.xray_size, [0, 1]
-        pa.field("ct", pa.binary()),  # float16 (D, H, W) per imaging.ct_*, lung window, [0, 1]
-        pa.field("xray_report", pa.string()),  # JSON {clinical_history, findings, impression, modality}
-        pa.field("ct_report", pa.string()),  # same shape as xray_report
-        pa.field("outpatient", pa.string()),  # JSON {section name: text}
-        pa.field("inpatient", pa.string()),  # JSON {section name: text}
-    ]
-)
 
 
 @dataclass
@@ -113,14 +98,14 @@ def decode_rows(
         if item["xray_path"]:
             try:
                 ds = read_dicom(raw.join(item["xray_path"]).read_bytes())
-                row["xray"] = xray_pixels(ds, imaging).astype(np.float16).tobytes()
+                row["xray"] = encode_pixels(xray_pixels(ds, imaging))
             except DecodeFailure as failure:
                 failures.append([item["xray_path"], failure.reason.value, failure.detail])
                 row["xray_report"] = None  # a report is only a sample together with its image
         if item["ct_paths"]:
             try:
                 slices = [read_dicom(raw.join(p).read_bytes()) for p in item["ct_paths"]]
-                row["ct"] = ct_volume(slices, imaging).astype(np.float16).tobytes()
+                row["ct"] = encode_pixels(ct_volume(slices, imaging))
             except DecodeFailure as failure:
                 failures.append([item["ct_folder"], failure.reason.value, failure.detail])
                 row["ct_report"] = None
@@ -236,8 +221,6 @@ def ingest(raw: Location, shards: Location, config: IngestSettings) -> IngestSum
     ]
 
     manifest = {
-        "kind": KIND,
-        "schema_version": SCHEMA_VERSION,
         "data": data_dir.name,
         "imaging": config.imaging.model_dump(),
         "split": config.split.model_dump(),
@@ -247,7 +230,7 @@ def ingest(raw: Location, shards: Location, config: IngestSettings) -> IngestSum
         "quarantined": [_public(q, pseudonyms) for q in quarantined],
         "dicom_files": len(paths),
     }
-    shards.join(MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(shards, manifest)
     _remove_other_data_dirs(shards, keep=data_dir.name)
     return IngestSummary(
         shards=shards.uri,

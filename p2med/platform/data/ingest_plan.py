@@ -21,12 +21,12 @@ from p2med.platform.data.deid import Pseudonymizer, Scrubber, name_spellings, va
 from p2med.platform.data.imaging import XRAY_MODALITIES
 from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.data.raw_store import REPORTS_FILE, DicomHeader
+from p2med.platform.data.shards import PATIENT_COLUMNS, TEXT_COLUMNS
 
 SPLITS = ("train", "val", "bench")
-ITEM_KEYS = (
-    "orphan", "patient", "split", "sex", "age_years", "xray_path", "ct_paths", "ct_folder",
-    "xray_report", "ct_report", "outpatient", "inpatient",
-)  # fmt: skip
+# A work item: the shard columns it already knows, and where its images are. Every item has
+# every key, so that the decode pass's blocks share one schema.
+ITEM_KEYS = ("orphan", *PATIENT_COLUMNS, "xray_path", "ct_paths", "ct_folder", *TEXT_COLUMNS)
 REPORT_SECTIONS = ("clinical_history", "findings", "impression")
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2med.model.tokenizer import IMAGE_TOKEN
+from p2med.platform.data.shards import IMAGE_COLUMNS
 from p2med.platform.data.tasks import tasks_for
 
-IMAGES = ("xray", "ct")  # shard columns, in placeholder order
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 INSTRUCTIONS = {
     "xray_report": "Write the radiology report (findings and impression) for this chest X-ray.",
@@ -90,7 +90,7 @@ def stage_samples(row: Mapping[str, Any], stage: int) -> list[Sample]:
 def row_texts(row: Mapping[str, Any]) -> list[str]:
     """Every report and record of a row as plain text, imaging included (stage 1, tokenizer corpus)."""
     texts = []
-    for kind in IMAGES:
+    for kind in IMAGE_COLUMNS:
         if report := _json(row, kind + "_report"):
             history = f"Clinical history: {report['clinical_history']}"
             texts.append(f"{MODALITY_NAMES[kind]} report\n{history}\n{_report_target(report)}")
@@ -175,12 +175,12 @@ def _lines(sections: Mapping[str, str], names: tuple[str, ...] | list[str]) -> s
 
 
 def _shown(row: Mapping[str, Any]) -> list[str]:
-    return [kind for kind in IMAGES if row.get(kind) is not None]
+    return [kind for kind in IMAGE_COLUMNS if row.get(kind) is not None]
 
 
 def _grounded(imaging_section: str, images: list[str]) -> bool:
     """Whether every modality an `imaging` section quotes is among the images shown."""
-    quoted = [kind for kind in IMAGES if f"{MODALITY_NAMES[kind]}:" in imaging_section]
+    quoted = [kind for kind in IMAGE_COLUMNS if f"{MODALITY_NAMES[kind]}:" in imaging_section]
     return bool(quoted) and set(quoted) <= set(images)
 
 

@@ -4,20 +4,13 @@
                        config=StageDataSettings(tokenizer="runs/tokenizer"))
     for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=8): ...
 
-Ray tasks read exactly the shard files the manifest lists (local or s3://) and turn their
-rows into samples (`prompts`), mix the stage-3 tasks, tokenise, truncate, pad and decode the
-images, all in the workers. Batches hold numeric columns only (L = max_length; S, D, H, W
-from the manifest's imaging config):
-
-    input_ids, attention_mask  (B, L) int64   right-padded
-    labels                     (B, L) int64   = input_ids on target tokens, -100 on prompt,
-                                              `<image>` and padding (the model shifts them)
-    xray (B, S, S), ct (B, D, H, W) float32   in [0, 1]; zeros where the sample shows none
-    has_xray, has_ct, task     (B,) int64     task indexes `tasks.TASKS`
-    xray_findings, ct_findings (B, K) float32 multi-hot over `vocabulary.FINDING_LABELS`: what
-                                              the image's own report states (read by the
-                                              extractor); NaN where the sample shows no
-                                              such image or it has no report
+Ray tasks read exactly the shard files the manifest lists (`shards`; local or s3://) and
+turn their rows into samples (`prompts`), mix the stage-3 tasks, tokenise, truncate, pad and
+decode the images, all in the workers. The batches are the model's training batches
+(`p2med.model.batch`): L = max_length; S, D, H, W from the manifest's imaging config; labels
+ignored on the prompt, `<image>` and padding; the task indexes `tasks.TASKS`; an image's
+finding labels are what its own report states (read by the extractor), multi-hot over
+`vocabulary.FINDING_LABELS`.
 
 Stage 1 (text) has no image columns and no task column. Samples of one patient arrive
 next to each other: shuffle when iterating (`local_shuffle_buffer_size`, `local_shuffle_seed`).
@@ -27,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,22 +27,31 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from transformers import PreTrainedTokenizerFast
 
+from p2med.model.batch import ATTENTION_MASK, INPUT_IDS, LABELS, TASK, findings_column, shown_column
+from p2med.model.interleave import IGNORE_INDEX
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 from p2med.platform.data.extract import VocabularyExtractor
-from p2med.platform.data.ingest import KIND, MANIFEST, SCHEMA_VERSION
 from p2med.platform.data.ingest_plan import SPLITS
-from p2med.platform.data.prompts import IMAGES, INSTRUCTIONS, Sample, image_report, row_texts, stage_samples
+from p2med.platform.data.prompts import INSTRUCTIONS, Sample, image_report, row_texts, stage_samples
+from p2med.platform.data.shards import (
+    IMAGE_COLUMNS,
+    TEXT_COLUMNS,
+    decode_pixels,
+    image_shapes,
+    read_manifest,
+    read_shard,
+    shard_paths,
+    split_rows,
+)
 from p2med.platform.data.stage_settings import StageDataSettings
-from p2med.platform.data.tasks import TASKS, TEXT_COLUMNS, tasks_for
+from p2med.platform.data.tasks import TASKS, tasks_for
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location
 
-IGNORE_INDEX = -100  # label of positions without loss (PyTorch cross-entropy default)
 ROWS_PER_BATCH = 16  # shard rows (patients) encoded at a time; stage 3 makes about 5 samples of each
 
 
@@ -64,8 +65,7 @@ class StreamSpec:
     max_length: int
     weights: dict[str, float]
     seed: int
-    xray_shape: tuple[int, int]  # (S, S)
-    ct_shape: tuple[int, int, int]  # (D, H, W)
+    shapes: dict[str, tuple[int, ...]]  # image column -> pixel shape (`shards.image_shapes`)
 
 
 @ray.remote(num_cpus=0)
@@ -82,29 +82,6 @@ class DroppedSamples:
         return dict(self._counts)
 
 
-def read_manifest(shards: Location) -> dict[str, Any]:
-    """The manifest of an ingest at `shards`."""
-    location = shards.join(MANIFEST)
-    if not location.exists():
-        raise P2MedError(f"no {MANIFEST} at {shards.uri}: run `p2med ingest` into it first")
-    manifest = json.loads(location.read_text())
-    if manifest.get("kind") != KIND:
-        raise P2MedError(f"{location.uri} is not a P2Med shards manifest")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise P2MedError(
-            f"the shards at {shards.uri} have schema version {manifest.get('schema_version')!r}; this "
-            f"version of p2med reads version {SCHEMA_VERSION}: ingest the raw store again"
-        )
-    if not manifest["shards"]:
-        raise P2MedError(f"the ingest at {shards.uri} wrote no shards")
-    return manifest
-
-
-def shard_paths(shards: Location, manifest: dict[str, Any]) -> list[str]:
-    """The shard files the manifest lists, as `shards.arrow_filesystem()` spells them."""
-    return [shards.join(manifest["data"], entry["path"]).arrow_path() for entry in manifest["shards"]]
-
-
 def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageDataSettings) -> StreamSpec:
     """The transform's settings for a stage; fails here, on the driver, on bad arguments."""
     if stage not in (1, 2, 3):
@@ -118,7 +95,6 @@ def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageD
         tokenizer = load_tokenizer(config.tokenizer)
     except (OSError, ValueError) as exc:
         raise P2MedError(f"tokenizer {config.tokenizer!r} cannot be loaded: {exc}") from None
-    imaging = manifest["imaging"]
     return StreamSpec(
         stage=stage,
         split=split,
@@ -126,21 +102,13 @@ def stream_spec(manifest: dict[str, Any], stage: int, split: str, config: StageD
         max_length=config.max_length,
         weights=weights,
         seed=config.seed,
-        xray_shape=(imaging["xray_size"],) * 2,
-        ct_shape=(imaging["ct_slices"], imaging["ct_size"], imaging["ct_size"]),
+        shapes=image_shapes(manifest),
     )
 
 
 def columns_for(stage: int) -> list[str]:
     """Shard columns a stage reads: stage 1 skips the pixels."""
-    return ["split", *TEXT_COLUMNS] if stage == 1 else ["patient", "split", "xray", "ct", *TEXT_COLUMNS]
-
-
-def read_shard(path: str, stage: int, filesystem: Any) -> Iterator[pa.Table]:
-    """The rows of one shard file that a stage needs, `ROWS_PER_BATCH` at a time."""
-    with filesystem.open_input_file(path) as f:
-        for rows in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns_for(stage)):
-            yield pa.Table.from_batches([rows])
+    return ["split", *TEXT_COLUMNS] if stage == 1 else ["patient", "split", *IMAGE_COLUMNS, *TEXT_COLUMNS]
 
 
 def stage_dataset(
@@ -175,16 +143,16 @@ def _encode_shards(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Ray task: shard paths -> blocks of encoded samples, streamed as they are made."""
     for path in batch["path"]:
-        for rows in read_shard(str(path), spec.stage, filesystem):
+        for rows in read_shard(str(path), filesystem, columns_for(spec.stage), ROWS_PER_BATCH):
             arrays, too_long = encode_rows(rows, spec)
             if too_long and dropped is not None:
                 ray.get(dropped.add.remote(too_long))
-            if len(arrays["input_ids"]):
+            if len(arrays[INPUT_IDS]):
                 yield arrays
 
 
 def encode_rows(batch: pa.Table, spec: StreamSpec) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Shard rows -> the stage's sample tensors (see the module docstring), and how many
+    """Shard rows -> the stage's batch columns (see the module docstring), and how many
     samples per task were dropped because their prompt fills max_length."""
     rows = batch.filter(pc.equal(batch["split"], spec.split)).to_pylist()
     pairs = [(row, sample) for row in rows for sample in _mixed(row, spec)]
@@ -199,20 +167,20 @@ def encode_rows(batch: pa.Table, spec: StreamSpec) -> tuple[dict[str, np.ndarray
             kept.append((row, sample, prompt, [*target, tok.eos_token_id]))
     n, length = len(kept), spec.max_length
     out = {
-        "input_ids": np.full((n, length), tok.pad_token_id, dtype=np.int64),
-        "attention_mask": np.zeros((n, length), dtype=np.int64),
-        "labels": np.full((n, length), IGNORE_INDEX, dtype=np.int64),
+        INPUT_IDS: np.full((n, length), tok.pad_token_id, dtype=np.int64),
+        ATTENTION_MASK: np.zeros((n, length), dtype=np.int64),
+        LABELS: np.full((n, length), IGNORE_INDEX, dtype=np.int64),
     }
     for i, (_, _, prompt, target) in enumerate(kept):
         sequence = prompt + target[: length - len(prompt)]
-        out["input_ids"][i, : len(sequence)] = sequence
-        out["attention_mask"][i, : len(sequence)] = 1
-        out["labels"][i, len(prompt) : len(sequence)] = sequence[len(prompt) :]
-    out["labels"][out["input_ids"] == tok.convert_tokens_to_ids(IMAGE_TOKEN)] = IGNORE_INDEX
+        out[INPUT_IDS][i, : len(sequence)] = sequence
+        out[ATTENTION_MASK][i, : len(sequence)] = 1
+        out[LABELS][i, len(prompt) : len(sequence)] = sequence[len(prompt) :]
+    out[LABELS][out[INPUT_IDS] == tok.convert_tokens_to_ids(IMAGE_TOKEN)] = IGNORE_INDEX
     if spec.stage > 1:
         out |= _images(kept, spec)
         out |= _image_findings(kept)
-        out["task"] = np.array([TASKS.index(s.task) for _, s, _, _ in kept], dtype=np.int64)
+        out[TASK] = np.array([TASKS.index(s.task) for _, s, _, _ in kept], dtype=np.int64)
     return out, dict(too_long)
 
 
@@ -223,7 +191,7 @@ def _image_findings(kept: list[tuple[dict, Sample, list, list]]) -> dict[str, np
     head a classifier while the LLM learns to read its verdict."""
     extractor = VocabularyExtractor()
     out = {}
-    for kind in IMAGES:
+    for kind in IMAGE_COLUMNS:
         labels = np.full((len(kept), len(FINDING_LABELS)), np.nan, dtype=np.float32)
         for i, (row, sample, _, _) in enumerate(kept):
             report = image_report(row, kind) if kind in sample.images else None
@@ -231,7 +199,7 @@ def _image_findings(kept: list[tuple[dict, Sample, list, list]]) -> dict[str, np
                 labels[i] = 0.0
                 for finding in extractor.findings(report):
                     labels[i, FINDING_LABELS.index(finding)] = 1.0
-        out[f"{kind}_findings"] = labels
+        out[findings_column(kind)] = labels
     return out
 
 
@@ -255,9 +223,8 @@ def copies(weight: float, seed: int, patient: str, task: str) -> int:
 
 def _images(kept: list[tuple[dict, Sample, list, list]], spec: StreamSpec) -> dict[str, np.ndarray]:
     """(N, S, S) and (N, D, H, W) float32 pixels with (N,) flags; zeros where a sample shows none."""
-    shapes = {"xray": spec.xray_shape, "ct": spec.ct_shape}
     out = {}
-    for kind, shape in shapes.items():
+    for kind, shape in spec.shapes.items():
         pixels = np.zeros((len(kept), *shape), dtype=np.float32)
         shown = np.zeros(len(kept), dtype=np.int64)
         decoded: dict[int, np.ndarray] = {}  # a patient's samples share its images: convert once
@@ -267,13 +234,8 @@ def _images(kept: list[tuple[dict, Sample, list, list]], spec: StreamSpec) -> di
                     decoded[id(row)] = decode_pixels(row[kind], shape)
                 pixels[i] = decoded[id(row)]
                 shown[i] = 1
-        out[kind], out[f"has_{kind}"] = pixels, shown
+        out[kind], out[shown_column(kind)] = pixels, shown
     return out
-
-
-def decode_pixels(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """A shard's image bytes (float16) -> float32 pixels of `shape`."""
-    return np.frombuffer(raw, dtype=np.float16).reshape(shape).astype(np.float32)
 
 
 def corpus(shards: Location, split: str = "train") -> Iterator[str]:
@@ -282,10 +244,6 @@ def corpus(shards: Location, split: str = "train") -> Iterator[str]:
 
     Reads the text columns with pyarrow on the caller's process; no Ray needed.
     """
-    manifest = read_manifest(shards)
-    fs = shards.arrow_filesystem()
-    for path in shard_paths(shards, manifest):
-        table = pq.read_table(path, filesystem=fs, columns=["split", *TEXT_COLUMNS])
-        for row in table.filter(pc.equal(table["split"], split)).to_pylist():
-            yield from row_texts(row)
-            yield from (INSTRUCTIONS[task] for task in tasks_for(row))
+    for row in split_rows(shards, read_manifest(shards), split, TEXT_COLUMNS):
+        yield from row_texts(row)
+        yield from (INSTRUCTIONS[task] for task in tasks_for(row))

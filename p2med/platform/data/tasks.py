@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from p2med.platform.data.shards import TEXT_COLUMNS
+
 TASKS = (
     "xray_report",  # 2D chest X-ray -> report
     "ct_report",  # 3D chest CT -> report
@@ -18,7 +20,8 @@ TASKS = (
     "differential_diagnosis",  # symptoms + imaging -> diagnosis with rationale
     "treatment_recommendation",  # case summary -> treatment plan
 )
-TEXT_COLUMNS = ("xray_report", "ct_report", "outpatient", "inpatient")
+# The tasks a request with an image can ask for: the treatment plan reads a case summary only.
+IMAGE_TASKS = tuple(task for task in TASKS if task != "treatment_recommendation")
 
 
 def tasks_for(row: Mapping[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
 """The benchmark: P2Med-MBench-style samples from the `bench` split of an ingest.
 
-    bench = build_benchmark(resolve("s3://bucket/shards"), BenchmarkSettings())
+    shards = resolve("s3://bucket/shards")
+    bench = build_benchmark(shards, read_manifest(shards), BenchmarkSettings())
 
 642 samples by default (the paper's size) over the six tasks: an equal share per task,
 and within a task as even a mix of diagnoses as the split allows (round robin over the
@@ -19,11 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from p2med.platform.data.prompts import task_sample
-from p2med.platform.data.stage_datasets import read_manifest, shard_paths
-from p2med.platform.data.tasks import TEXT_COLUMNS, tasks_for
+from p2med.platform.data.shards import IMAGE_COLUMNS, TEXT_COLUMNS, image_shapes, split_rows
+from p2med.platform.data.tasks import tasks_for
 from p2med.platform.data.vocabulary import DIAGNOSES, DIAGNOSIS_NAMES
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.settings import BenchmarkSettings
@@ -44,15 +43,14 @@ class BenchSample:
     prompt: str
     reference: str
     images: tuple[str, ...]  # "xray" / "ct", one per `<image>` in `prompt`, in order
-    xray: bytes | None  # float16 pixels (S, S), as in the shards
-    ct: bytes | None  # float16 pixels (D, H, W)
+    xray: bytes | None  # the shard's pixels (`shards.decode_pixels`)
+    ct: bytes | None
 
 
 @dataclass
 class Benchmark:
     samples: list[BenchSample]
-    xray_shape: tuple[int, int]
-    ct_shape: tuple[int, int, int]
+    shapes: dict[str, tuple[int, ...]]  # image column -> pixel shape (`shards.image_shapes`)
     shortfall: dict[str, int] = field(default_factory=dict)  # task -> samples missing from its share
 
     def counts(self) -> dict[str, Any]:
@@ -64,18 +62,18 @@ class Benchmark:
         }
 
 
-def build_benchmark(shards: Location, config: BenchmarkSettings) -> Benchmark:
-    """The benchmark of `config` from the bench split of the ingest at `shards`.
+def build_benchmark(shards: Location, manifest: dict[str, Any], config: BenchmarkSettings) -> Benchmark:
+    """The benchmark of `config` from the bench split of the ingest at `shards` (`manifest`:
+    its manifest, `shards.read_manifest`).
 
     Raises:
-        P2MedError: no ingest there, or its bench split holds no patients.
+        P2MedError: the bench split holds no patients.
     """
-    manifest = read_manifest(shards)
     candidates: dict[str, dict[str, list[tuple[bytes, BenchSample]]]] = {
         task: collections.defaultdict(list) for task in config.tasks
     }
     patients = 0
-    for row in split_rows(shards, manifest):
+    for row in prompt_rows(shards, manifest):
         patients += 1
         diagnosis = row_diagnosis(row)
         for task in tasks_for(row):
@@ -94,29 +92,20 @@ def build_benchmark(shards: Location, config: BenchmarkSettings) -> Benchmark:
         samples += chosen
         if len(chosen) < share:
             shortfall[task] = share - len(chosen)
-    imaging = manifest["imaging"]
-    return Benchmark(
-        samples,
-        xray_shape=(imaging["xray_size"],) * 2,
-        ct_shape=(imaging["ct_slices"], imaging["ct_size"], imaging["ct_size"]),
-        shortfall=shortfall,
-    )
+    return Benchmark(samples, image_shapes(manifest), shortfall)
 
 
-def split_rows(
+def prompt_rows(
     shards: Location, manifest: dict[str, Any], split: str = "bench", pixels: bool = True
 ) -> Iterator[dict[str, Any]]:
     """The rows (dicts) of one split, shard by shard. Without `pixels`, the image columns
     hold b"" for an image that is there (the ingest keeps an image exactly when its report
     is kept), so the prompts come out the same without reading any pixel."""
-    fs = shards.arrow_filesystem()
-    columns = ["patient", "split", *TEXT_COLUMNS] + (["xray", "ct"] if pixels else [])
-    for path in shard_paths(shards, manifest):
-        table = pq.read_table(path, filesystem=fs, columns=columns, filters=[("split", "==", split)])
-        for row in table.to_pylist():
-            if not pixels:
-                row |= {kind: b"" if row[f"{kind}_report"] is not None else None for kind in ("xray", "ct")}
-            yield row
+    columns = ["patient", "split", *TEXT_COLUMNS] + (list(IMAGE_COLUMNS) if pixels else [])
+    for row in split_rows(shards, manifest, split, columns):
+        if not pixels:
+            row |= {kind: b"" if row[f"{kind}_report"] is not None else None for kind in IMAGE_COLUMNS}
+        yield row
 
 
 def row_diagnosis(row: dict[str, Any]) -> str:

@@ -13,12 +13,12 @@ import collections
 import dataclasses
 import hashlib
 from itertools import groupby
+from typing import Any
 
 from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.prompts import task_sample
-from p2med.platform.data.stage_datasets import read_manifest
 from p2med.platform.data.tasks import tasks_for
-from p2med.platform.eval.benchmark import UNKNOWN, BenchSample, row_diagnosis, split_rows
+from p2med.platform.eval.benchmark import UNKNOWN, BenchSample, prompt_rows, row_diagnosis
 from p2med.platform.storage import Location
 
 
@@ -47,10 +47,10 @@ def shuffled_images(samples: list[BenchSample], seed: int) -> list[BenchSample]:
     ]
 
 
-def majority_answers(shards: Location, tasks: list[str]) -> dict[str, str]:
+def majority_answers(shards: Location, manifest: dict[str, Any], tasks: list[str]) -> dict[str, str]:
     """Per task, the majority-class answer: among the training split's samples of its
     commonest diagnosis, the commonest target (ties: the first in sort order)."""
-    rows = [(row, row_diagnosis(row)) for row in split_rows(shards, read_manifest(shards), "train", False)]
+    rows = [(row, row_diagnosis(row)) for row in prompt_rows(shards, manifest, "train", False)]
     diagnoses = collections.Counter(d for _, d in rows if d != UNKNOWN)
     if not diagnoses:
         return {}

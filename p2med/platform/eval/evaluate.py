@@ -20,6 +20,7 @@ from typing import Any
 
 from p2med.model.checkpoint import check_model_folder
 from p2med.platform.data.extract import VocabularyExtractor
+from p2med.platform.data.shards import read_manifest
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.benchmark import Benchmark, BenchSample, build_benchmark
 from p2med.platform.eval.controls import majority_answers, shuffled_images, text_only
@@ -43,7 +44,8 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
     except FileNotFoundError as exc:
         raise P2MedError(f"cannot evaluate: {exc}") from None
     started = time.monotonic()
-    bench = build_benchmark(shards, settings.benchmark)
+    manifest = read_manifest(shards)
+    bench = build_benchmark(shards, manifest, settings.benchmark)
     counts = bench.counts()
     print(f"eval: benchmark of {counts['samples']} samples: {_listing(counts['tasks'])}", flush=True)
     if bench.shortfall:
@@ -52,7 +54,7 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
             f"{_listing(bench.shortfall)} (ingest more patients for the full benchmark)",
             flush=True,
         )
-    answers = _answers(bench, model, shards, settings)
+    answers = _answers(bench, model, shards, manifest, settings)
     extractor = VocabularyExtractor()
     records = [
         _record(sample, control, prediction, failed, extractor)
@@ -75,7 +77,7 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
 
 
 def _answers(
-    bench: Benchmark, model: Location, shards: Location, settings: EvalSettings
+    bench: Benchmark, model: Location, shards: Location, manifest: dict[str, Any], settings: EvalSettings
 ) -> dict[str, list[tuple[str, str | None]]]:
     """Per control, (answer, failure) for every benchmark sample. The image controls only
     send the samples that show images: on the others their input is the model's own, and
@@ -89,8 +91,7 @@ def _answers(
         shuffled = shuffled_images(samples, settings.benchmark.seed)
         runs[SHUFFLED] = [shuffled[i] for i in with_images]
     ensure_ray()
-    shapes = {"xray": bench.xray_shape, "ct": bench.ct_shape}
-    answered = answer(runs, model.uri, model.storage, shapes, settings.inference)
+    answered = answer(runs, model.uri, model.storage, bench.shapes, settings.inference)
     out = {MODEL: answered[MODEL]}
     for control in (TEXT_ONLY, SHUFFLED):
         if control in runs:
@@ -99,7 +100,7 @@ def _answers(
                 full[i] = result
             out[control] = full
     if MAJORITY in settings.controls:
-        majority = majority_answers(shards, settings.benchmark.tasks)
+        majority = majority_answers(shards, manifest, settings.benchmark.tasks)
         out[MAJORITY] = [(majority.get(s.task, ""), None) for s in samples]
     return out
 

@@ -19,7 +19,7 @@ import torch
 from p2med.model.checkpoint import load_model
 from p2med.model.generation import GenerationSettings, encode_prompts, generate
 from p2med.model.interleave import MODALITIES, Images
-from p2med.platform.data.stage_datasets import decode_pixels
+from p2med.platform.data.shards import decode_pixels
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.eval.benchmark import BenchSample
 from p2med.platform.eval.settings import InferenceSettings

@@ -28,6 +28,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from p2med.model.batch import ATTENTION_MASK, INPUT_IDS, LABELS, TOKEN_COLUMNS
 from p2med.model.checkpoint import load_model, save_model
 from p2med.model.config import ModelConfig
 from p2med.model.interleave import IGNORE_INDEX, Images
@@ -140,8 +141,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 float(loss),
                 {
                     "lr": schedule.get_last_lr()[0],
-                    "samples_per_s": world * len(batch["input_ids"]) / seconds,
-                    "tokens_per_s": world * float(batch["attention_mask"].sum()) / seconds,
+                    "samples_per_s": world * len(batch[INPUT_IDS]) / seconds,
+                    "tokens_per_s": world * float(batch[ATTENTION_MASK].sum()) / seconds,
                 },
             )
         if step % settings.checkpoint.every_steps == 0 or step == total:
@@ -189,7 +190,7 @@ def stage_loss(
         batch = trimmed(batch)
         images, findings = Images.from_batch(batch), Images.findings_from_batch(batch)
         return engine(
-            batch["input_ids"], batch["attention_mask"], images=images, findings=findings, read_text=False
+            batch[INPUT_IDS], batch[ATTENTION_MASK], images=images, findings=findings, read_text=False
         ).finding_loss
     with_findings = stage > 1 and alignment_weight > 0
     parts = [
@@ -208,7 +209,7 @@ def length_sorted_parts(batch: dict[str, torch.Tensor], parts: int) -> list[dict
     batch is smaller), each trimmed of the padding columns none of its rows uses."""
     if parts == 1:
         return [trimmed(batch)]
-    order = batch["attention_mask"].sum(1).argsort(stable=True)
+    order = batch[ATTENTION_MASK].sum(1).argsort(stable=True)
     return [trimmed({key: value[rows] for key, value in batch.items()}) for rows in order.chunk(parts)]
 
 
@@ -218,7 +219,7 @@ def _summed_losses(
     """(language-model loss summed over the batch's target tokens, their count, finding loss
     summed over its labelled images, their count): the model returns means, which weighted
     by their counts add up across micro-batches."""
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    ids, mask, labels = batch[INPUT_IDS], batch[ATTENTION_MASK], batch[LABELS]
     targets = int((labels[:, 1:] != IGNORE_INDEX).sum())  # the LLM predicts each from the one before
     images = Images.none(len(ids)) if stage == 1 else Images.from_batch(batch)
     findings = Images.findings_from_batch(batch) if with_findings else None
@@ -234,9 +235,8 @@ def _summed_losses(
 def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch without the padding columns that no row uses: stage datasets pad every row
     to max_length, and the LLM's cost grows with the longest row it is given."""
-    length = int(batch["attention_mask"].sum(1).max())
-    text = ("input_ids", "attention_mask", "labels")
-    return {key: value[:, :length] if key in text else value for key, value in batch.items()}
+    length = int(batch[ATTENTION_MASK].sum(1).max())
+    return {key: value[:, :length] if key in TOKEN_COLUMNS else value for key, value in batch.items()}
 
 
 def validation_batches(data: Any, work: StageWork, device: torch.device) -> list[dict[str, torch.Tensor]]:
@@ -255,8 +255,8 @@ def validate(engine: Any, batches: list[dict[str, torch.Tensor]], work: StageWor
     total, count = 0.0, 0
     for batch in batches:
         loss = stage_loss(engine, batch, work.stage, work.settings.optimizer.alignment_weight)
-        total += float(loss) * len(batch["input_ids"])
-        count += len(batch["input_ids"])
+        total += float(loss) * len(batch[INPUT_IDS])
+        count += len(batch[INPUT_IDS])
     engine.train()
     return total / count if count else float("nan")
 

@@ -36,7 +36,8 @@ from p2med.model.config import ModelConfig
 from p2med.model.files import download
 from p2med.model.presets import PRESETS
 from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer, with_image_token
-from p2med.platform.data.stage_datasets import corpus, read_manifest, stage_dataset
+from p2med.platform.data.shards import read_manifest
+from p2med.platform.data.stage_datasets import corpus, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError

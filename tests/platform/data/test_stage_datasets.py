@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import boto3
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from p2med.model.interleave import IGNORE_INDEX
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer, train_bpe_tokenizer
 from p2med.platform.data.deid import DeidSettings
 from p2med.platform.data.extract import VocabularyExtractor
@@ -23,21 +23,16 @@ from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.prompts import INSTRUCTIONS, RECORD_INPUTS, image_report, stage_samples
-from p2med.platform.data.stage_datasets import (
-    IGNORE_INDEX,
-    DroppedSamples,
-    copies,
-    corpus,
-    read_manifest,
-    shard_paths,
-    stage_dataset,
-)
+from p2med.platform.data.shards import SHARD_SCHEMA, read_manifest, split_rows
+from p2med.platform.data.stage_datasets import DroppedSamples, copies, corpus, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings, TaskWeights
 from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location, resolve
+
+pytestmark = pytest.mark.slow  # the shards come from an ingest on a local Ray, the datasets are Ray's
 
 IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
 XRAY, CT = (64, 64), (8, 32, 32)
@@ -97,11 +92,7 @@ def config(tokenizer_dir: str, **changes) -> StageDataSettings:
 
 
 def shard_rows(shards: Location, split: str) -> list[dict]:
-    paths = shard_paths(shards, read_manifest(shards))
-    rows = [
-        row for path in paths for row in pq.read_table(path, filesystem=shards.arrow_filesystem()).to_pylist()
-    ]
-    return [row for row in rows if row["split"] == split]
+    return list(split_rows(shards, read_manifest(shards), split, SHARD_SCHEMA.names))
 
 
 def batches(ds) -> list[dict[str, torch.Tensor]]:

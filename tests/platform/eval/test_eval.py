@@ -19,7 +19,8 @@ from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_plan import SplitSettings
 from p2med.platform.data.ingest_settings import IngestSettings
-from p2med.platform.data.stage_datasets import corpus, read_manifest
+from p2med.platform.data.shards import read_manifest
+from p2med.platform.data.stage_datasets import corpus
 from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.data.tasks import TASKS
@@ -31,6 +32,8 @@ from p2med.platform.eval.settings import CONTROLS, BenchmarkSettings, EvalSettin
 from p2med.platform.storage import resolve
 from p2med.platform.train.settings import TrainSettings
 from p2med.platform.train.trainer import model_config_for
+
+pytestmark = pytest.mark.slow  # the shards come from an ingest on a local Ray; inference runs on it
 
 RAW = SynthSettings(patients=80, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
 IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
@@ -66,13 +69,14 @@ def model_dir(shards, tmp_path_factory) -> Path:
 
 def test_the_benchmark_is_deterministic_and_balanced(shards):
     at = resolve(str(shards))
-    first = build_benchmark(at, BenchmarkSettings(samples=60))
-    again = build_benchmark(at, BenchmarkSettings(samples=60))
-    other_seed = build_benchmark(at, BenchmarkSettings(samples=60, seed=1))
+    manifest = read_manifest(at)
+    first = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
+    again = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
+    other_seed = build_benchmark(at, manifest, BenchmarkSettings(samples=60, seed=1))
 
     assert [s.id for s in first.samples] == [s.id for s in again.samples]
     assert [s.id for s in first.samples] != [s.id for s in other_seed.samples]
-    everything = build_benchmark(at, BenchmarkSettings(samples=100_000))  # every candidate
+    everything = build_benchmark(at, manifest, BenchmarkSettings(samples=100_000))  # every candidate
     available = collections.Counter((s.task, s.diagnosis) for s in everything.samples)
     per_task = collections.Counter(s.task for s in first.samples)
     assert set(per_task) == set(TASKS)
@@ -90,7 +94,8 @@ def test_the_benchmark_is_deterministic_and_balanced(shards):
 
 def test_controls_remove_or_swap_the_images_and_majority_needs_no_model(shards):
     at = resolve(str(shards))
-    bench = build_benchmark(at, BenchmarkSettings(samples=60))
+    manifest = read_manifest(at)
+    bench = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
     shown = [s for s in bench.samples if s.images]
 
     blind = [text_only(s) for s in shown]
@@ -103,7 +108,7 @@ def test_controls_remove_or_swap_the_images_and_majority_needs_no_model(shards):
             assert (after.xray, after.ct) != (before.xray, before.ct)  # another patient's images
             assert (after.xray is None) == (before.xray is None)
 
-    answers = majority_answers(at, list(TASKS))
+    answers = majority_answers(at, manifest, list(TASKS))
     assert set(answers) <= set(TASKS) and answers.get("xray_report", "").startswith("Findings:")
 
 

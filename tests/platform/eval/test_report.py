@@ -9,27 +9,27 @@ from typing import Any
 
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.eval.report import html_report, summary_table
+from p2med.platform.eval.scores import TASK_SCORES
 
 URI = "s3://bucket/runs/<r1>/stage3/model"
 LABELS = ["normal", "bacterial_pneumonia", "viral_pneumonia", "mycoplasma_pneumonia", "bronchiolitis", "none"]
-REPORT_TASKS = ("xray_report", "ct_report", "outpatient_record", "inpatient_record")
-DIAGNOSIS_TASKS = ("outpatient_record", "inpatient_record", "differential_diagnosis")
 
 
 def scores(base: float, task: str, samples: int = 100, failed: int = 0) -> dict[str, Any]:
-    """Scores of one task; metrics that do not apply to the task are None."""
-    writes_report = task in REPORT_TASKS or task == "overall"
-    diagnoses = task in DIAGNOSIS_TASKS or task == "overall"
-    treats = task == "treatment_recommendation" or task == "overall"
+    """Scores of one task (or "overall"): the clinical ones where the scorer gives them
+    (`TASK_SCORES`), None elsewhere; the treatment task goes without text overlap too, so
+    that every column of the table shows its placeholder."""
+    given = TASK_SCORES.get(task, frozenset({"findings", "diagnosis", "treatment"}))
+    text = task != "treatment_recommendation"
     return {
         "samples": samples,
         "failed": failed,
-        "rouge_l": base if writes_report else None,
-        "bleu4": base / 2 if writes_report else None,
-        "findings_f1": base + 0.1 if task in ("xray_report", "ct_report", "overall") else None,
-        "diagnosis_accuracy": base + 0.2 if diagnoses else None,
-        "diagnosis_macro_f1": base + 0.15 if diagnoses else None,
-        "treatment_agreement": base + 0.05 if treats else None,
+        "rouge_l": base if text else None,
+        "bleu4": base / 2 if text else None,
+        "findings_f1": base + 0.1 if "findings" in given else None,
+        "diagnosis_accuracy": base + 0.2 if "diagnosis" in given else None,
+        "diagnosis_macro_f1": base + 0.15 if "diagnosis" in given else None,
+        "treatment_agreement": base + 0.05 if "treatment" in given else None,
     }
 
 
