@@ -19,6 +19,7 @@ FLOP/s of the card (H100/H200 SXM: 989 TFLOP/s). The last line is the pasteable 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -28,7 +29,7 @@ import torch.distributed as dist
 
 from p2med.model.config import LLMConfig, ModelConfig, ResamplerConfig, VisionConfig
 from p2med.model.interleave import IGNORE_INDEX, Images
-from p2med.model.presets import build_model
+from p2med.model.presets import CLIP_VIT_L14_336, PAPER_RESAMPLER, build_model
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.train.deepspeed_config import deepspeed_config
@@ -38,17 +39,8 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 SHAPES = {
     "paper": ModelConfig(
         preset="paper",
-        vision=VisionConfig(
-            hidden_size=1024,
-            layers=24,
-            heads=16,
-            patch_size=14,
-            channels=3,
-            xray_size=336,
-            ct_slices=8,
-            ct_size=224,
-        ),
-        resampler=ResamplerConfig(latents=64, depth=6, heads=16, ff_mult=4),
+        vision=dataclasses.replace(CLIP_VIT_L14_336, ct_slices=8),
+        resampler=PAPER_RESAMPLER,
         llm=LLMConfig(
             hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632, max_positions=2048
         ),

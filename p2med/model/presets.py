@@ -7,6 +7,8 @@ model = paper(tok, llm="s3://models/llama-2-7b", vision="s3://models/clip-vit-l-
 
 from __future__ import annotations
 
+import dataclasses
+
 import fsspec
 import torch
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase
@@ -20,6 +22,26 @@ from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.model.vision import VisionEncoder, clip_config
 
 CLIP_MEAN, CLIP_STD = 0.466, 0.269  # OpenAI CLIP's per-channel statistics, averaged: inputs are grayscale
+
+# The paper's parts by shape. A pretrained folder brings its own weights and sizes, so the
+# paper preset only records these; stand-ins built from random weights (the GPU bench, a
+# test's small bases) copy them.
+CLIP_VIT_L14_336 = VisionConfig(
+    hidden_size=1024,
+    layers=24,
+    heads=16,
+    patch_size=14,
+    channels=3,  # grayscale is repeated
+    image_mean=CLIP_MEAN,
+    image_std=CLIP_STD,
+    xray_size=336,
+    ct_slices=32,
+    ct_size=224,
+)
+LLAMA_2_7B = LLMConfig(
+    hidden_size=4096, layers=32, heads=32, kv_heads=32, intermediate_size=11008, max_positions=4096
+)
+PAPER_RESAMPLER = ResamplerConfig(latents=64, depth=6, heads=16, ff_mult=4)
 
 
 def tiny_config() -> ModelConfig:
@@ -52,17 +74,9 @@ def paper_config(llm: str, vision: str) -> ModelConfig:
     """LLaMA-2-7B-class LLM and CLIP ViT-L/14-336 from Hugging Face folders, bf16."""
     return ModelConfig(
         preset="paper",
-        vision=VisionConfig(
-            pretrained=vision,
-            channels=3,
-            image_mean=CLIP_MEAN,
-            image_std=CLIP_STD,
-            xray_size=336,
-            ct_slices=32,
-            ct_size=224,
-        ),
-        resampler=ResamplerConfig(latents=64, depth=6, heads=16, ff_mult=4),
-        llm=LLMConfig(pretrained=llm, lora=LoraConfig(rank=16, alpha=32, dropout=0.05)),
+        vision=dataclasses.replace(CLIP_VIT_L14_336, pretrained=vision),
+        resampler=PAPER_RESAMPLER,
+        llm=dataclasses.replace(LLAMA_2_7B, pretrained=llm, lora=LoraConfig(rank=16, alpha=32, dropout=0.05)),
         dtype="bfloat16",
     )
 

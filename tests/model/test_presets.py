@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from p2med.model.interleave import Images
-from p2med.model.presets import paper, tiny
+from p2med.model.presets import CLIP_VIT_L14_336, LLAMA_2_7B, paper, tiny
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, with_image_token
 from p2med.platform.storage import resolve
@@ -34,16 +34,17 @@ def test_tiny_is_small_and_random(tokenizer):
 
 
 def write_bases(root, tokenizer) -> tuple[LlamaForCausalLM, CLIPVisionModel]:
-    """Small stand-ins for LLaMA-2-7B and CLIP ViT-L/14-336, in Hugging Face format."""
+    """Small stand-ins for LLaMA-2-7B and CLIP ViT-L/14-336, in Hugging Face format: their
+    input sizes, few and narrow layers."""
     clip = CLIPVisionModel(
         CLIPVisionConfig(
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
-            image_size=336,
-            patch_size=14,
-            num_channels=3,
+            image_size=CLIP_VIT_L14_336.xray_size,
+            patch_size=CLIP_VIT_L14_336.patch_size,
+            num_channels=CLIP_VIT_L14_336.channels,
         )
     )
     clip.save_pretrained(root / "clip")
@@ -55,7 +56,7 @@ def write_bases(root, tokenizer) -> tuple[LlamaForCausalLM, CLIPVisionModel]:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=4,
-            max_position_embeddings=4096,
+            max_position_embeddings=LLAMA_2_7B.max_positions,
         )
     )
     llama.save_pretrained(root / "llama")
@@ -88,7 +89,9 @@ def test_paper_loads_its_bases_in_bf16(tokenizer, bases):
     plan = apply_stage(model, 1)
     assert plan.parts == ("lora",) and plan.trainable < plan.total / 10
     ids, mask = right_padded(tokenizer, [f"{IMAGE_TOKEN} Findings:", f"{IMAGE_TOKEN} CT:"])
-    images = Images([["xray"], ["ct"]], xray=torch.rand(1, 336, 336), ct=torch.rand(1, 32, 224, 224))
+    v = model.config.vision
+    xray, ct = torch.rand(1, v.xray_size, v.xray_size), torch.rand(1, v.ct_slices, v.ct_size, v.ct_size)
+    images = Images([["xray"], ["ct"]], xray=xray, ct=ct)
     out = model(ids, mask, ids, images)
     assert torch.isfinite(out.loss)
 
