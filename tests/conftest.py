@@ -67,6 +67,22 @@ def ray_local():
     ray.shutdown()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuses a test that starts Ray (through `ray_local`) without the `slow` mark, so that
+    `pytest -m "not slow"`, the quick lane, never starts Ray."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "ray_local" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow")
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start Ray (fixture ray_local) but are not marked slow; add "
+            "`pytestmark = pytest.mark.slow` to their module or `@pytest.mark.slow` to each: "
+            + ", ".join(unmarked)
+        )
+
+
 @pytest.fixture(params=["local", "s3"])
 def location_uri(request, tmp_path) -> tuple[str, StorageSettings | None]:
     """The same test on local disk and on the local S3 server: (URI, storage config)."""

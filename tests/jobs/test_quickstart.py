@@ -100,6 +100,7 @@ def env() -> dict[str, str]:
     return clean | {"P2MED_API_KEYS": KEY, "P2MED_DEID_KEY": DEID_KEY}
 
 
+@pytest.mark.slow  # every job, Ray Train and Serve included
 @pytest.mark.timeout(1500)
 def test_a_reduced_quickstart_is_interrupted_resumed_evaluated_and_served(tmp_path, env):
     root = tmp_path / "runs"

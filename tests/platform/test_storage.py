@@ -121,6 +121,7 @@ def test_secrets_stay_out_of_reprs():
     assert "very-secret" not in repr(storage) and "very-secret" not in str(resolve("s3://b", storage))
 
 
+@pytest.mark.slow  # a local Ray
 def test_ray_data_reads_and_writes_through_the_arrow_filesystem(location_uri, ray_local):
     uri, storage = location_uri
     out = resolve(uri, storage).join("ds")

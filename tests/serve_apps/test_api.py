@@ -23,6 +23,8 @@ from ray import serve
 from p2med.serve_apps.server import APP_NAME
 from tests.serve_apps.conftest import KEY, zipped
 
+pytestmark = pytest.mark.slow  # the app on a local Ray Serve
+
 
 def png(size: int = 80) -> bytes:
     pixels = (np.random.default_rng(0).random((size, size)) * 255).astype(np.uint8)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 import psutil
+import pytest
 import ray
 from ray import serve
 
@@ -29,6 +30,8 @@ from p2med.serve_apps.app import build_app
 from p2med.serve_apps.settings import ServeSettings
 from tests.serve_apps.conftest import KEY
 from tests.serve_apps.test_api import data_uri, png
+
+pytestmark = pytest.mark.slow  # the app on a local Ray Serve, under minutes of load
 
 CLIENTS = 16
 

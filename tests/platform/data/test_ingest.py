@@ -20,6 +20,8 @@ from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 
+pytestmark = pytest.mark.slow  # every test ingests on a local Ray
+
 KEY = "test-deid-key"
 RAW = SynthSettings(
     patients=20, ct_fraction=0.5, xray_size=128, ct_slices=12, ct_size=48, workers=1, faults=True

@@ -19,6 +19,7 @@ from tests.model.conftest import CORPUS, cts, right_padded, xrays
 FINDINGS = len(FINDING_LABELS)
 
 
+@pytest.mark.slow  # a local Ray
 def test_every_row_comes_once_per_pass_in_whole_batches_only(ray_local):
     data = ray.data.from_items([{"id": i} for i in range(18)])  # 4 batches of 4, 2 rows over
     settings = TrainSettings(data=DataSettings(shuffle_buffer=8))
@@ -31,6 +32,7 @@ def test_every_row_comes_once_per_pass_in_whole_batches_only(ray_local):
     assert torch.cat(first).tolist() != torch.cat(second).tolist()  # reshuffled each pass
 
 
+@pytest.mark.slow  # a local Ray
 def test_too_little_data_for_one_batch_is_refused(ray_local):
     stream = endless_batches(ray.data.from_items([{"id": 0}]), 4, TrainSettings(), torch.device("cpu"))
     with pytest.raises(RuntimeError, match="fewer than 4 samples"):
