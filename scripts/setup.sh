@@ -15,6 +15,22 @@ inputs_hash() {
     cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1
 }
 
+# The demo's browser test drives Debian's Chromium (Playwright's own browser download is
+# not reachable from our machines). Checked on every run, apart from the venv's stamp.
+CHROMIUM=/usr/bin/chromium
+if [[ ! -x "$CHROMIUM" ]]; then
+    if command -v apt-get >/dev/null; then
+        SUDO=()
+        [[ "$(id -u)" == 0 ]] || SUDO=(sudo)
+        echo "setup: installing Debian's chromium for the browser test (about a minute)"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    else
+        echo "setup: warning: no $CHROMIUM and no apt-get to install it;" \
+            "tests/serve_apps/test_demo_browser.py will fail until Chromium is there" >&2
+    fi
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(inputs_hash) torch=$TORCH_VERSION" ]]; then
     echo "setup: $VENV is up to date"
     exit 0
