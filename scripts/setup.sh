@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # One-time (idempotent) setup: creates .venv at the repo root and installs P2Med.
 #   scripts/setup.sh          # a second run with unchanged inputs returns in about a second
-# torch is installed first and pinned while the rest resolves: an unpinned torch pulls a
-# multi-GB CUDA build, while torch==2.13.0 is a cached CPU wheel on our machines.
+#   P2MED_VENV=/tmp/v scripts/setup.sh   # the same into another venv
+# Every dependency's version comes from requirements.lock (`make lock` writes it from
+# pyproject.toml). torch is not in the lock: it is installed first and pinned while the
+# rest resolves, since an unpinned torch pulls a multi-GB CUDA build, while torch==2.13.0
+# is a cached CPU wheel on our machines (the lock holds that wheel's own dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${P2MED_TORCH_VERSION:-2.13.0}"
-VENV=.venv
+VENV="${P2MED_VENV:-.venv}"
 STAMP="$VENV/.p2med-setup"
+LOCK=requirements.lock
 
 inputs_hash() {
-    cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1
+    cat pyproject.toml "$LOCK" scripts/setup.sh | sha256sum | cut -d' ' -f1
 }
 
 # The demo's browser test drives Debian's Chromium (Playwright's own browser download is
@@ -43,12 +47,16 @@ fi
 
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off)
 echo "setup: installing torch==$TORCH_VERSION"
-"${PIP[@]}" "torch==$TORCH_VERSION"
+"${PIP[@]}" -c "$LOCK" "torch==$TORCH_VERSION"
 
 CONSTRAINTS="$VENV/p2med-constraints.txt"
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
-echo "setup: installing p2med and its dependencies (a few minutes on a fresh machine)"
-"${PIP[@]}" -c "$CONSTRAINTS" -e ".[dev]"
+echo "setup: installing p2med and its dependencies from $LOCK (a few minutes on a fresh machine)"
+if ! "${PIP[@]}" -c "$CONSTRAINTS" -c "$LOCK" -e ".[dev]"; then
+    echo "setup: the install failed; if pyproject.toml's dependencies changed, run 'make lock'" \
+        "to bring $LOCK in line with them" >&2
+    exit 1
+fi
 "$VENV/bin/python" -m pip check
 
 # DeepSpeed compiles its CPU shared-memory op the first time a training job starts (~30 s
