@@ -1,7 +1,7 @@
 """Generation speed of the tiny model: with the KV cache vs without, and our decoding loop vs
 `transformers`' own `generate` on the LLM alone; plus one training step's time.
 
-    .venv/bin/python bench/generate.py                  # about 2 minutes here
+    .venv/bin/python bench/generate.py                  # a few minutes
     .venv/bin/python bench/generate.py --new-tokens 64  # quicker look
 
 Setup: a tokenizer trained on synthetic reports, the `tiny` preset (random init, eval mode,

@@ -1,17 +1,17 @@
 """Ingest throughput: the Ray Data pipeline vs one process doing the same work, and the
 peak memory of the pipeline at two data-set sizes.
 
-    .venv/bin/python bench/ingest.py                   # 1,000 patients (about 6 minutes here)
+    .venv/bin/python bench/ingest.py                   # 1,000 patients (several minutes)
     .venv/bin/python bench/ingest.py --patients 200    # quicker look
 
 Both sides read the same raw store (synthetic, with one broken input of each kind mixed in)
 and run the same functions: header reads, the join and de-identification plan, DICOM
 decode and transforms, Parquet shard writes with checksums. Both are warmed up first on a
 small store (loading torch and MONAI is start-up cost, not throughput). This VM's CPU speed
-drifts by up to a third between minutes, so the two sides run alternately and the best
-run of each counts. Peak memory is the largest resident set of this process and all its
-children (Ray's raylet and workers) together, sampled every 0.1 s. The last line is the
-pasteable result.
+drifts markedly between minutes (docs/performance.md), so the two sides run alternately and
+the best run of each counts. Peak memory is the largest resident set of this process and
+all its children (Ray's raylet and workers) together, sampled every 0.1 s. The last line
+is the pasteable result.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Serving: requests/s at 16 concurrent clients with batching vs batching disabled; p50 and
 p99 latency at 1 and 16 clients; Serve's overhead per request vs the same model in-process.
 
-    .venv/bin/python bench/serve.py                 # about 3 minutes here
+    .venv/bin/python bench/serve.py                 # a few minutes
     .venv/bin/python bench/serve.py --requests 32   # quicker look
 
 Setup: the `tiny` preset (random init; a tokenizer trained on the finding phrases) served by
@@ -11,10 +11,10 @@ is the same `POST /v1/chat/completions`: one 128 px PNG X-ray, "Write the report
 `max_tokens` (greedy, so every request generates the same tokens). Clients are threads
 of this process, each sending its next request when the last one is answered.
 
-This VM's speed drifts by up to a third between minutes, so each comparison is measured
-side by side: both apps (batches of 1 and of 16) are deployed at once and their 16-client
-runs alternate (`--rounds`, the median of each side counts), and every served request of
-the overhead measure is paired with the same work in-process just before it.
+This VM's speed drifts markedly between minutes (docs/performance.md), so each comparison
+is measured side by side: both apps (batches of 1 and of 16) are deployed at once and their
+16-client runs alternate (`--rounds`, the median of each side counts), and every served
+request of the overhead measure is paired with the same work in-process just before it.
 
 - ratio: requests/s at 16 clients, `@serve.batch` with up to 16 requests per batch vs
   batches of 1 (target >= 3).
@@ -242,7 +242,7 @@ def overhead(url: str, empty_url: str, body: dict, work: Callable[[], None], pai
 
     The requests go out as bytes encoded once, over one kept-alive connection of the
     standard library's client: what is measured is Serve's part, not the client's (httpx
-    encoding the body as JSON each time added 0.7 ms a request here)."""
+    encoding the body as JSON each time added measurably to a request; docs/performance.md)."""
     served, local, empty = [], [], []
     payload = json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}

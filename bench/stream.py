@@ -1,12 +1,13 @@
 """Stage-3 samples/s delivered as torch batches from shards on a local S3 server.
 
-    .venv/bin/python bench/stream.py                   # the issue's figure (about 3 min here)
+    .venv/bin/python bench/stream.py                   # the issue's figure (a few minutes)
     .venv/bin/python bench/stream.py --imaging small   # the images of ingest/small.yaml
     .venv/bin/python bench/stream.py --patients 60     # quicker look
 
-At 1,000 patients the default ingest writes 6-7 shard files, so the Ray side runs that many
-tasks; at 300 patients (2 files) its per-pass start-up of about 0.5 s outweighs the second
-core and the ratio falls to about 0.95.
+The Ray side runs one task per shard file, so the ratio depends on how many files the
+ingest writes: at 1,000 patients the default ingest writes several; at a few hundred
+patients (two files) Ray's per-pass start-up outweighs the second core and the ratio falls
+below 1 (docs/performance.md, stream).
 
 Setup (timed and printed): a moto S3 server on 127.0.0.1, synthetic patients generated on
 local disk and ingested into a bucket with the imaging settings of `ingest/<imaging>.yaml`,

@@ -1,6 +1,6 @@
 """Synthetic data generator throughput: 1,000 patients, each with an X-ray and a CT.
 
-    .venv/bin/python bench/synth.py                 # the issue's figure (about 1.5 min here)
+    .venv/bin/python bench/synth.py                 # the issue's figure (a few minutes)
     .venv/bin/python bench/synth.py --patients 200  # quicker look
 
 Baseline in the same run: one worker process on a slice of the patients, so the ratio

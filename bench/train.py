@@ -1,7 +1,7 @@
 """Training throughput: Ray Train + DeepSpeed with 1 worker vs a plain PyTorch loop in one
 process, same model, data and batch size; and 2 workers vs 1 (no target on 2 cores).
 
-    .venv/bin/python bench/train.py                # about 15 minutes here
+    .venv/bin/python bench/train.py                # the longest bench (docs/performance.md)
     .venv/bin/python bench/train.py --steps 20 --rounds 1    # quicker look
 
 Setup (untimed): 60 synthetic patients ingested with the small imaging settings, the tiny
@@ -16,9 +16,9 @@ model, stage 3 (the six tasks, X-rays and CTs mixed), batch 8 per worker.
 
 Samples/s count steady-state steps only: the first `--warmup` steps are left out on both
 sides (worker start, DeepSpeed set-up, first batches). The Ray side's step times come from
-the per-step timestamps of its MLflow metrics. This VM's speed drifts by up to a third
-from one minute to the next, so the plain loop and the 1-worker run alternate for
-`--rounds` rounds and each keeps its best. The last line is the pasteable result.
+the per-step timestamps of its MLflow metrics. This VM's speed drifts markedly from one
+minute to the next (docs/performance.md), so the plain loop and the 1-worker run alternate
+for `--rounds` rounds and each keeps its best. The last line is the pasteable result.
 """
 
 from __future__ import annotations

@@ -52,15 +52,14 @@ class JobSettings(Settings):
     storage: StorageSettings = StorageSettings()
     """Connection settings for s3:// locations."""
     # 1200 patients: the finding head is what limits the reports, and it learns from the
-    # number of images more than from more steps over the same ones (bench X-ray head F1
-    # after 600 steps: 0.91 on 432 training X-rays, 0.95 on 837; 200 patients gave
-    # xray_report findings F1 0.77). They cost ~15 s of synth and ingest.
+    # number of images more than from more steps over the same ones; the extra patients
+    # cost little synth and ingest time (docs/performance.md, Model quality).
     synth: SynthSettings = SynthSettings(
         patients=1200, ct_fraction=0.5, xray_size=256, ct_slices=16, ct_size=96
     )
     """The synthetic P2Med-MD set to generate."""
-    # 8 CT slices: a CT then costs the encoder about two X-rays instead of four (stage 2's
-    # 400 vision steps took 160 s instead of 265 s, 0.39 s a step instead of 0.60)
+    # 8 CT slices: a CT then costs the encoder about two X-rays instead of four, which
+    # shortens stage 2's vision steps markedly (docs/performance.md, Training speed)
     ingest: IngestSettings = IngestSettings(
         imaging=ImagingSettings(xray_size=128, ct_slices=8, ct_size=64), shard_target_mb=8
     )

@@ -29,21 +29,21 @@ class FindingHead(nn.Module):
     LLM learns to read "which latent lit up" slowly. Two forms: the K-dim verdict embedded
     and added to every latent, and K verdict slots after the latents, one per finding,
     which the LLM reads as it reads words: slot k = v_k * (identity_k + presence_k). The
-    slots made the reports follow the head (agreement on bench X-ray findings 0.71 -> 0.92);
-    the added verdict alone, even at the latents' own scale, did not. Training starts
-    presence_k at the embedding of finding k's words (`ground_slots`).
+    slots made the reports follow the head; the added verdict alone, even at the latents'
+    own scale, did not. Training starts presence_k at the embedding of finding k's words
+    (`ground_slots`).
 
     v_k is the head's decision, 1 if its probability is above 0.5 else 0, with the
     probability's gradient (straight-through). With the probability itself the LLM learned
     on training images, where the head is sure (p near 0 or 1), and on new images read a
-    hesitant p = 0.2 as "present": a quickstart model wrote interstitial opacities into 13
-    of 18 bench bronchiolitis reports whose head said no (findings F1 on bench X-ray
-    reports 0.897 with probabilities, 0.924 with decisions). The slots of findings the head
-    does not see are blank (zero), so the LLM reads only those it does see; with
-    identity_k there (slot = identity_k + v_k * presence_k) a seen finding differed from an
-    unseen one by a fraction of its vector, and the LLM wrote the neighbouring lobe or
-    dropped a second finding (reports agreeing with the head on 92 of 107 bench X-rays;
-    100 of 107 with blank slots, quickstart findings F1 0.830 -> 0.891 on the same split)."""
+    hesitant p well below 0.5 as "present": a quickstart model wrote interstitial opacities
+    into most bench bronchiolitis reports whose head said no, and its reports scored lower
+    than with decisions. The slots of findings the head does not see are blank (zero), so
+    the LLM reads only those it does see; with identity_k there (slot = identity_k + v_k *
+    presence_k) a seen finding differed from an unseen one by a fraction of its vector, and
+    the LLM wrote the neighbouring lobe or dropped a second finding; blank slots made the
+    reports agree with the head more often and raised the quickstart's findings F1.
+    Measurements: docs/performance.md, Model quality."""
 
     def __init__(self, latents: int, width: int, labels: int) -> None:
         super().__init__()

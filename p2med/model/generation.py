@@ -353,7 +353,7 @@ class TextStream:
     """One row's text, token by token: `add` returns the text the token completes.
 
     Incremental (tokenizers' `DecodeStream`): the cost per token stays flat where decoding
-    the whole row again at each token grew with the row (0.2 ms a token at 32 tokens here).
+    the whole row again at each token grew with the row (docs/performance.md, serve).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -242,10 +242,11 @@ class P2MedModel(nn.Module):
 
     def _next_token_loss(self, x: Interleaved) -> torch.Tensor:
         """The mean next-token loss over x's labelled positions, with the LM head applied at
-        those positions alone: the logits of every position, (B, L', V), cost a tenth to a
-        sixth of the tiny model's training step (a 4,096-token head on a 256-wide, 4-layer
-        LLaMA), and prompts and image slots are no targets. With no labelled position: a
-        zero that still reaches every weight (ZeRO reduces the gradients of all of them)."""
+        those positions alone: the logits of every position, (B, L', V), are a real share of
+        the tiny model's training step (a 4,096-token head on a 256-wide, 4-layer LLaMA;
+        docs/performance.md), and prompts and image slots are no targets. With no labelled
+        position: a zero that still reaches every weight (ZeRO reduces the gradients of all
+        of them)."""
         causal = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
         hidden = causal.model(
             inputs_embeds=x.inputs_embeds,

@@ -48,10 +48,10 @@ def tiny_config() -> ModelConfig:
     """~6 M parameters: conv stem + 2-layer CLIP, 32 latents, a 4-layer 256-wide LLaMA."""
     return ModelConfig(
         preset="tiny",
-        # Four stride-2 convs: an 8 x 8 grid of tokens for a 128 px X-ray. With three (16 x 16)
-        # the finding head read bench X-rays at F1 0.92-0.93 after 500 steps on one core; with
-        # four, 0.95-0.96 after as many steps in 58% of the time, and 0.987 after 850. Each
-        # token sees a lobe-sized patch, and CLIP runs on a quarter of the tokens.
+        # Four stride-2 convs: an 8 x 8 grid of tokens for a 128 px X-ray. Against three (16 x 16)
+        # the finding head reads bench X-rays better after as many steps, in less time: each
+        # token sees a lobe-sized patch, and CLIP runs on a quarter of the tokens
+        # (docs/performance.md, Model quality).
         vision=VisionConfig(
             hidden_size=128, layers=2, heads=4, patch_size=1, stem_channels=(32, 64, 128, 128)
         ),
@@ -63,8 +63,9 @@ def tiny_config() -> ModelConfig:
             kv_heads=4,
             intermediate_size=688,
             max_positions=1024,
-            # No LoRA dropout: its masks cost a fifth of a CPU training step, and the base
-            # trains alongside LoRA here (stages 1 and 3), so it regularises nothing.
+            # No LoRA dropout: its masks cost a noticeable share of a CPU training step, and the
+            # base trains alongside LoRA here (stages 1 and 3), so it regularises nothing
+            # (docs/performance.md).
             lora=LoraConfig(dropout=0.0),
         ),
     )

@@ -14,7 +14,7 @@ import ray
 # in each replica's event loop instead of threads of their own, deployments call each other
 # over gRPC, the GC is frozen after start; and its HAProxy ingress (the binary comes with
 # `ray[serve]`): HAProxy in place of Serve's Python proxy, forwarding to the ingress
-# replicas' own HTTP ports (README: what each gained in bench/serve.py). It holds a
+# replicas' own HTTP ports (what each gained: docs/performance.md, serve). It holds a
 # stopping ingress replica open 30 s so that external load balancers can drop it; a local
 # Ray's only one is its own HAProxy, told by the controller at once.
 LOCAL_RAY_ENV = {
@@ -35,7 +35,7 @@ def use_local_ray_env() -> None:
     Call it before this process imports Ray Serve: Serve reads the variables once, at
     import, and the deployment handles a driver builds for `serve.run` carry its transport
     to the replicas. A driver that imported Serve first kept Ray's actor calls between the
-    deployments (5.0 ms a handle call here, 3.3 ms over gRPC)."""
+    deployments, slower per handle call than gRPC (docs/performance.md, serve)."""
     if not os.environ.get("RAY_ADDRESS"):
         _set_local_ray_env()
 
@@ -90,8 +90,9 @@ def ensure_ray() -> None:
     local Ray sized to this machine, with its dashboard on 127.0.0.1:8265. Idempotent.
 
     The dashboard also serves Ray's State API, which Ray Train V2's placement-group cleaner
-    polls every second: without it that actor logs a warning each time (a thousand lines
-    in a quickstart) and cannot free a dead run's resources. It costs ~3 s at start."""
+    polls every second: without it that actor logs a warning each time (flooding a
+    quickstart's log) and cannot free a dead run's resources. It adds a little to the start
+    (docs/performance.md, Start-up costs)."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")

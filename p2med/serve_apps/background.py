@@ -4,9 +4,9 @@
         send(step)
 
 `asyncio.to_thread(next, items)` per item stalls the computation at every item: the thread
-waits while the event loop wakes, takes the item and hands out the next call (0.4-0.6 ms
-per item in a Serve replica here: README, Serving). Here the thread never waits for the
-loop; each item is posted to it as soon as it is made.
+waits while the event loop wakes, takes the item and hands out the next call, a stall
+that adds up over a decode's many items in a Serve replica (docs/performance.md, serve).
+Here the thread never waits for the loop; each item is posted to it as soon as it is made.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ Ray Serve's `@serve.batch` forms a batch within its wait of the first request ev
 the previous batch still runs; that batch then queues for the model, and requests that
 arrive during one long generation are split into several small batches that run one after
 another. Forming the next batch only when the last had finished still left the LLM's
-batches alternating between 13-14 requests and 2-3 at 16 clients (bench/serve.py), the
-model idle while each group went back through the ingress and the encoder. Here, as in
-inference servers' continuous batching, a request joins the running batch at its next
-step; a batch starts when the first request has waited `wait_s` (or the batch is full)
-and ends when no request is left in it or waiting.
+batches alternating between nearly full and nearly empty under many clients (bench/serve.py;
+docs/performance.md), the model idle while each group went back through the ingress and
+the encoder. Here, as in inference servers' continuous batching, a request joins the
+running batch at its next step; a batch starts when the first request has waited
+`wait_s` (or the batch is full) and ends when no request is left in it or waiting.
 
 The batcher reads time through a `Clock` (the monotonic clock and asyncio's timeouts by
 default), so its tests can move time by hand instead of sleeping.

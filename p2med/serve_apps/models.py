@@ -74,7 +74,8 @@ class VisionEncoder:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _encode(self, uploads: list[list[bytes]]) -> list[np.ndarray | BadUpload]:
         # decoded in the batch's thread too: a thread of its own per upload cost a
-        # round trip through the event loop each (1.4 ms for a 0.7 ms PNG, bench/serve.py)
+        # round trip through the event loop each, costlier than decoding a small PNG
+        # (docs/performance.md, serve)
         return await asyncio.to_thread(self._encode_now, uploads)
 
     @torch.inference_mode()
@@ -106,8 +107,8 @@ class VisionEncoder:
 
 # A streaming request's text goes to the event loop once per this many seconds of steps,
 # and waiting requests join the batch as often: each post wakes the loop, which then holds
-# the GIL the decode needs (posting every 4 ms step instead cost ~5 ms more per 32-token
-# request, timed inside a replica)
+# the GIL the decode needs (posting every tiny-model step instead made each request
+# noticeably slower, timed inside a replica; docs/performance.md, serve)
 STEP_WINDOW_S = 0.025
 
 

@@ -77,7 +77,7 @@ class ServeSettings(Settings):
     max_request_mb: float = Field(64.0, gt=0)
     """Largest request body (and the most a CT zip may expand to), in MiB."""
     default_max_tokens: int = Field(320, ge=1)
-    """Tokens generated when a request does not say (a long inpatient record needs ~300)."""
+    """Tokens generated when a request does not say (a long inpatient record needs a few hundred)."""
     max_tokens_limit: int = Field(1024, ge=1)
     """The most tokens one request may ask for."""
     vision: ModelDeploymentSettings = ModelDeploymentSettings()

@@ -128,8 +128,8 @@ def stage_dataset(
     spec = stream_spec(manifest, stage, split, config)
     paths = shard_paths(shards, manifest)
     # Not ray.data.read_parquet: in Ray 2.60 it reads footers on an actor pool started for
-    # every pass (~1.3 s) and bin-packs files into 128 MiB read tasks whatever
-    # override_num_blocks says, so a 300-patient ingest ran as one task on one CPU.
+    # every pass and bin-packs files into 128 MiB read tasks whatever override_num_blocks
+    # says, so a small ingest's shards ran as one task on one CPU (docs/development.md).
     items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
     return items.map_batches(
         _encode_shards,

@@ -43,7 +43,7 @@ class InferenceSettings(Settings):
     gpus_per_replica: float = Field(0.0, ge=0)
     """Above 0, every actor runs the model on a GPU (bf16 where supported)."""
     max_new_tokens: int = Field(320, ge=1)
-    """Longest answer; the longest reference (an inpatient record) needs about 200 tiny-BPE tokens."""
+    """Longest answer; the longest reference (an inpatient record) needs a few hundred tiny-BPE tokens."""
 
 
 class EvalSettings(Settings):

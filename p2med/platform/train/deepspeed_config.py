@@ -1,7 +1,8 @@
 """The DeepSpeed config of a stage, generated from the typed settings.
 
 The optimizer and scheduler are torch's (passed to `deepspeed.initialize`), not declared
-here: a DeepSpeed-declared Adam JIT-builds FusedAdam on CPU (~75 s, FIELD_NOTES.md).
+here: a DeepSpeed-declared Adam JIT-builds FusedAdam on CPU, a long wait before the first
+step (docs/performance.md, Start-up costs; FIELD_NOTES.md).
 """
 
 from __future__ import annotations

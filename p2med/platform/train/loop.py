@@ -242,8 +242,8 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def validation_batches(data: Any, work: StageWork, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The whole validation split (a few batches: `checkpoint.val_batches`), in memory.
     Every rank reads all of it (every forward pass runs on all ranks, as ZeRO-3 needs).
-    Read once per stage: starting its Ray Data pipeline costs ~5 s a time on 2 cores, more
-    than the forward passes, and the ranks' reads queue for the data CPU."""
+    Read once per stage: starting its Ray Data pipeline costs seconds each time, more than
+    the forward passes, and the ranks' reads queue for the data CPU (docs/performance.md)."""
     batch_size = work.settings.stages.of(work.stage).batch_size
     return list(data.iter_torch_batches(batch_size=batch_size, device=device))
 

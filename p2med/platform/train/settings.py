@@ -25,12 +25,13 @@ class StageSettings(Settings):
     micro_batches: int = Field(1, ge=1)
     """Each batch's rows, sorted by length, go through the model in this many groups,
     each padded only to its own longest row; their losses add up to the batch's, so the
-    gradient is the same. The tiny set's stage-3 rows run from ~60 to 384 tokens: 4
-    groups of 2 rows pad to 1,406 positions per batch of 8 instead of 2,221; stage 2's
-    captions are of similar length, and its trained vision encoder runs slower on
-    smaller groups. Batches stay random: making batches of similar lengths instead (as
-    transformers' `group_by_length`) made them batches of similar labels (a report grows
-    with its findings), and the finding head read bench X-rays at 0.84 instead of 0.93."""
+    gradient is the same. The tiny set's stage-3 rows run from a few dozen tokens to
+    `max_length`, so groups of similar rows pad far fewer positions than the whole batch
+    would; stage 2's captions are of similar length, and its trained vision encoder runs
+    slower on smaller groups. Batches stay random: making batches of similar lengths
+    instead (as transformers' `group_by_length`) made them batches of similar labels (a
+    report grows with its findings), and the finding head read bench X-rays worse
+    (docs/performance.md)."""
 
 
 class AlignmentStageSettings(StageSettings):
@@ -157,9 +158,9 @@ class DataSettings(Settings):
     materialize: bool = False
     """Encode each stage's training and validation samples once and keep them in Ray's
     object store: a small set read for many epochs then skips re-reading and re-encoding
-    its shards every epoch (a restart of the streaming pipeline cost ~4 s on 2 cores; stage
-    2 of a 200-patient set has 13 steps per epoch), and the ranks' validation passes share
-    one read. Only for sets that fit in memory."""
+    its shards every epoch (a restart of the streaming pipeline costs seconds, and a small
+    set's epoch is only a handful of steps; docs/performance.md), and the ranks' validation
+    passes share one read. Only for sets that fit in memory."""
 
 
 class TrainSettings(Settings):

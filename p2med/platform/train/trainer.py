@@ -136,7 +136,8 @@ def _run_stage(
     val_data = stage_dataset(shards, stage, "val", data_config).limit(val_rows)
     if settings.data.materialize:
         train_data = train_data.materialize()
-        # every rank reads all of the validation rows: once here, not once per rank (~8 s)
+        # every rank reads all of the validation rows: once here, not once per rank, whose
+        # reads each cost a pipeline start (docs/performance.md)
         val_data = val_data.materialize()
         size = f"{train_data.count():,} samples, {train_data.size_bytes() / 2**20:,.0f} MiB"
         print(f"train: stage {stage} training data encoded and held in memory ({size})", flush=True)

@@ -43,7 +43,8 @@ KIND = "p2med-synthetic-raw"
 SCHEMA_VERSION = 1
 OUR_ENTRIES = ("dicom", "reports.jsonl", "records.jsonl")
 # Small enough to keep both workers busy to the end and the progress bar moving, large
-# enough that pickling results and task overhead stay negligible next to ~0.1 s a patient.
+# enough that pickling results and task overhead stay negligible next to a patient's own
+# generation time (docs/performance.md, synth).
 PATIENTS_PER_TASK = 4
 
 
