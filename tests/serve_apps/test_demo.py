@@ -1,0 +1,91 @@
+"""The demo page's event handlers, called as Gradio calls them but in this process: an
+upload shows the image as the model sees it (a CT its middle slice and a slider), the
+slider picks slices, the report streams as it is written, and refusals reach the page
+as Gradio errors. The page in a real browser against the app: test_demo_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from p2med.serve_apps.demo import DISPLAY_SIDE, DemoRefusal, build_demo
+from p2med.serve_apps.errors import ClientError
+from p2med.serve_apps.uploads import decode_upload
+from tests.serve_apps.conftest import zipped
+from tests.serve_apps.test_uploads import IMAGING, LIMIT
+
+
+def preview(files: list[bytes]):
+    """What the app passes: the uploads' own decoding, its refusals as the demo's."""
+    try:
+        return decode_upload(files, IMAGING, LIMIT)
+    except ClientError as refusal:
+        raise DemoRefusal(str(refusal)) from None
+
+
+written: list[tuple[str, int, str]] = []
+
+
+async def write(task: str, files: list[bytes], clinical_text: str):
+    """A model stand-in that says what it was given, in two pieces."""
+    if task == "inpatient_record":
+        raise DemoRefusal("task inpatient_record takes no image")
+    written.append((task, len(files), clinical_text))
+
+    async def pieces():
+        yield f"{task}: "
+        yield f"{len(files)} file(s)"
+
+    return pieces()
+
+
+@pytest.fixture(scope="module")
+def handlers():
+    demo = build_demo(write, preview)
+    return {function.name: function.fn for function in demo.fns.values()}
+
+
+def saved(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_an_xray_is_shown_as_the_model_sees_it(handlers, xray_dicom, tmp_path):
+    picture, slider, volume = handlers["show"]([saved(tmp_path, "x.dcm", xray_dicom)])
+    _, pixels = decode_upload([xray_dicom], IMAGING, LIMIT)
+    factor = DISPLAY_SIDE // IMAGING.xray_size
+    assert picture.shape == (IMAGING.xray_size * factor,) * 2 and picture.dtype == np.uint8
+    assert np.array_equal(picture[::factor, ::factor], (pixels * 255).astype(np.uint8))
+    assert slider["visible"] is False and volume is None
+
+
+def test_a_ct_shows_its_middle_slice_and_a_slider_over_its_slices(handlers, ct_series, tmp_path):
+    picture, slider, volume = handlers["show"]([saved(tmp_path, "ct.zip", zipped(ct_series))])
+    assert volume.shape == (IMAGING.ct_slices, IMAGING.ct_size, IMAGING.ct_size)
+    assert slider["visible"] is True and (slider["minimum"], slider["maximum"]) == (0, IMAGING.ct_slices - 1)
+    middle = slider["value"]
+    assert middle == IMAGING.ct_slices // 2
+    assert np.array_equal(picture, handlers["pick_slice"](volume, middle))
+    assert not np.array_equal(handlers["pick_slice"](volume, 0), picture)
+    assert handlers["pick_slice"](None, 3) is None
+
+
+def test_the_report_streams_and_refusals_reach_the_page(handlers, xray_dicom, tmp_path):
+    paths = [saved(tmp_path, "x.dcm", xray_dicom)]
+
+    async def texts(*args):
+        return [text async for text in handlers["report"](*args)]
+
+    assert asyncio.run(texts(paths, "xray_report", None)) == ["xray_report: ", "xray_report: 1 file(s)"]
+    assert written[-1] == ("xray_report", 1, "")  # no clinical text is ""
+    with pytest.raises(gr.Error, match="Upload an X-ray or a CT series first"):
+        asyncio.run(texts(None, "xray_report", ""))
+    with pytest.raises(gr.Error, match="takes no image"):
+        asyncio.run(texts(paths, "inpatient_record", ""))
+    with pytest.raises(gr.Error, match="not an image"):
+        handlers["show"]([saved(tmp_path, "notes.txt", b"not an image")])
+    assert handlers["show"]([]) == (None, {"__type__": "update", "visible": False}, None)
