@@ -261,8 +261,7 @@ def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
     with pytest.raises(P2MedError, match="zero_stage=3 trains stage 1 only"):
         train(resolve(str(shards)), resolve(str(tmp_path / "run")), zero3, [1, 2], resume=False)
 
+    # refused once the placement timeout has passed (not after training would wait forever)
     too_many = settings(scaling=ScalingSettings(workers=4, cpus_per_worker=1, placement_timeout_s=1))
-    started = time.monotonic()
-    with pytest.raises(P2MedError, match=r"need 5 CPU but the cluster has 2 CPU"):
+    with pytest.raises(P2MedError, match=r"need 5 CPU but the cluster has 2 CPU \(waited 1 s\)"):
         train(resolve(str(shards)), resolve(str(tmp_path / "run")), too_many, [1], resume=False)
-    assert time.monotonic() - started < 60
