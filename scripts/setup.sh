@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time (idempotent) setup: creates .venv at the repo root and installs P2Med.
-#   scripts/setup.sh          # a second run with unchanged inputs returns in about a second
+#   scripts/setup.sh          # a second run with unchanged inputs returns at once
 #   P2MED_VENV=/tmp/v scripts/setup.sh   # the same into another venv
 # Every dependency's version comes from requirements.lock (`make lock` writes it from
 # pyproject.toml). torch is not in the lock: it is installed first and pinned while the
@@ -59,8 +59,9 @@ if ! "${PIP[@]}" -c "$CONSTRAINTS" -c "$LOCK" -e ".[dev]"; then
 fi
 "$VENV/bin/python" -m pip check
 
-# DeepSpeed compiles its CPU shared-memory op the first time a training job starts (~30 s
-# on 2 cores, in ~/.cache/torch_extensions); build it here so the first job does not wait.
+# DeepSpeed compiles its CPU shared-memory op the first time a training job starts (into
+# ~/.cache/torch_extensions; its cost: docs/performance.md); build it here so the first job
+# does not wait.
 # Accelerators without the op (CUDA) return no builder.
 echo "setup: building DeepSpeed's CPU shared-memory op (once per machine)"
 "$VENV/bin/python" -c "
