@@ -3,8 +3,9 @@
 across 1,000 requests; a killed LLM replica loses only the requests it held, and Serve
 replaces it by itself while the other replica answers.
 
-Each test deploys its own app next to the session's (`base_url`), under its own route
-prefix on the same proxy, and deletes it after: the session's app keeps its settings.
+These tests deploy apps of their own next to the session's (`base_url`), under their own
+route prefix on the same proxy, and delete them after: the session's app keeps its
+settings. The memory and replica-kill tests share one app with two LLM replicas.
 """
 
 from __future__ import annotations
@@ -139,11 +140,22 @@ def two_llm_replicas(settings: ServeSettings) -> ServeSettings:
     return settings.model_copy(update={"llm": llm, "vision": vision, "demo": False})
 
 
+TWO_REPLICAS = "replicas"  # the application of the memory and replica-kill tests
+
+
+@pytest.fixture(scope="module")
+def two_replica_app(base_url, settings) -> Iterator[str]:
+    """The app of `two_llm_replicas` at /replicas, shared by the memory test and the
+    replica-kill test (which comes last in this file: it leaves a replaced replica)."""
+    with deployed(base_url, TWO_REPLICAS, two_llm_replicas(settings)) as url:
+        yield url
+
+
 def rss_mib(pids: list[int]) -> list[float]:
     return [psutil.Process(pid).memory_info().rss / 2**20 for pid in pids]
 
 
-def test_memory_stays_flat_across_1000_requests(base_url, settings):
+def test_memory_stays_flat_across_1000_requests(two_replica_app):
     """Each replica's resident memory over 1,000 requests after a warm-up of 400, measured
     every 100. A leak grows in every interval: an LLM that kept one image encoding per
     request (40 x 256 float32, 40 KiB) grew 2.1-3.0 MiB in each (each of the two replicas
@@ -153,16 +165,15 @@ def test_memory_stays_flat_across_1000_requests(base_url, settings):
     MiB an interval. So: the median interval under 1.5 MiB for every process, and under
     24 MiB over the 1,000."""
     intervals, interval_requests = 10, 100
-    with deployed(base_url, "memory", two_llm_replicas(settings)) as url:
-        named = [(d, r["pid"]) for d in ("Ingress", "VisionEncoder", "LLM") for r in replicas("memory", d)]
-        assert len(named) == 4
-        pids = [pid for _, pid in named]
-        warm = load(url, requests=400)
-        samples = [rss_mib(pids)]
-        answers: list[Answer] = []
-        for _ in range(intervals):
-            answers += load(url, requests=interval_requests)
-            samples.append(rss_mib(pids))
+    named = [(d, r["pid"]) for d in ("Ingress", "VisionEncoder", "LLM") for r in replicas(TWO_REPLICAS, d)]
+    assert len(named) == 4
+    pids = [pid for _, pid in named]
+    warm = load(two_replica_app, requests=400)
+    samples = [rss_mib(pids)]
+    answers: list[Answer] = []
+    for _ in range(intervals):
+        answers += load(two_replica_app, requests=interval_requests)
+        samples.append(rss_mib(pids))
     assert statuses(warm) == {200: 400} and statuses(answers) == {200: intervals * interval_requests}
     names = [f"{name} {pid}" for name, pid in named]
     steps = {n: [round(b[i] - a[i], 1) for a, b in itertools.pairwise(samples)] for i, n in enumerate(names)}
@@ -173,34 +184,35 @@ def test_memory_stays_flat_across_1000_requests(base_url, settings):
     assert max(total.values()) < 24, total
 
 
-def test_a_killed_llm_replica_loses_only_its_requests_and_is_replaced(base_url, settings):
+def test_a_killed_llm_replica_loses_only_its_requests_and_is_replaced(two_replica_app):
     """Load from 16 clients; once 100 requests are answered one LLM replica's process is
     killed, and the load goes on until Serve has replaced it and 2 x 16 more requests were
     answered. The requests it held fail with 503 (retry) and no others do; nothing answers
     another 5xx; the other replica goes on answering meanwhile."""
     llm_limit = 4  # two_llm_replicas: max_ongoing_requests per LLM replica
-    with deployed(base_url, "reliability", two_llm_replicas(settings)) as url:
-        victim = replicas("reliability", "LLM")[0]["pid"]
-        killed: list[float] = []
-        replaced: list[set[int]] = []
+    victim = replicas(TWO_REPLICAS, "LLM")[0]["pid"]
+    killed: list[float] = []
+    replaced: list[set[int]] = []
 
-        def kill_then_wait_for_the_replacement(answers: list[Answer]) -> bool:
-            if not killed:
-                if len(answers) >= 100:
-                    os.kill(victim, signal.SIGKILL)
-                    killed.append(time.monotonic())
-                return False
-            served = [a for a in answers if a.started > killed[0] and a.status == 200]
-            if len(served) < 2 * CLIENTS or len(answers) % 10:  # the controller is asked every 10
-                return False
-            running = {r["pid"] for r in replicas("reliability", "LLM")}
-            if len(running) == 2 and victim not in running:
-                replaced.append(running)
-            return bool(replaced) or time.monotonic() > killed[0] + 120
+    def kill_then_wait_for_the_replacement(answers: list[Answer]) -> bool:
+        if not killed:
+            if len(answers) >= 100:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(time.monotonic())
+            return False
+        served = [a for a in answers if a.started > killed[0] and a.status == 200]
+        if len(served) < 2 * CLIENTS or len(answers) % 10:  # the controller is asked every 10
+            return False
+        running = {r["pid"] for r in replicas(TWO_REPLICAS, "LLM")}
+        if len(running) == 2 and victim not in running:
+            replaced.append(running)
+        return bool(replaced) or time.monotonic() > killed[0] + 120
 
-        answers = load(url, until=kill_then_wait_for_the_replacement)
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
-            after = http.post("/v1/chat/completions", json=body())
+    answers = load(two_replica_app, until=kill_then_wait_for_the_replacement)
+    with httpx.Client(
+        base_url=two_replica_app, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+    ) as http:
+        after = http.post("/v1/chat/completions", json=body())
 
     failed = [a for a in answers if a.status != 200]
     print(f"{len(answers)} requests; {len(failed)} held by the killed replica failed")
