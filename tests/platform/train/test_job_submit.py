@@ -15,13 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from p2med.platform.data.deid import DeidSettings
-from p2med.platform.data.imaging import ImagingSettings
-from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_settings import IngestSettings
-from p2med.platform.data.synth import SynthSettings
-from p2med.platform.data.synth import generate as synthesize
-from p2med.platform.storage import resolve
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -72,16 +65,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_train_runs_as_a_submitted_ray_job(head, tmp_path, ray_local):
+def test_train_runs_as_a_submitted_ray_job(head, tmp_path, ray_local, small_ingest):
     address, env = head
-    raw, shards, output = tmp_path / "raw", tmp_path / "shards", tmp_path / "out"
-    synthesize(
-        SynthSettings(patients=12, xray_size=96, ct_slices=10, ct_size=40, workers=1), resolve(str(raw))
-    )
-    imaging = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
-    ingest(
-        resolve(str(raw)), resolve(str(shards)), IngestSettings(imaging=imaging, deid=DeidSettings(key="k"))
-    )
+    shards, output = small_ingest.shards.path, tmp_path / "out"
     command = [
         str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
         "p2med", "train", "--config", "train/tiny.yaml", "stage=1", f"shards={shards}", f"output={output}",
