@@ -11,6 +11,9 @@ from p2med.serve_apps.settings import ServeSettings as JobSettings
 
 
 def run(config: JobSettings) -> None:
+    from p2med.serve_apps.preflight import check_servable
+
+    check_servable(config)  # before Ray Serve's import, which takes seconds
     from p2med.serve_apps.server import serve_forever
 
     serve_forever(config)
