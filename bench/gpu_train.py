@@ -2,7 +2,7 @@
 P2Med-MLLM with random weights, stage 3, under DeepSpeed ZeRO-2 in bf16, on one GPU.
 
     .venv/bin/python bench/gpu_train.py                  # about 2 minutes of steps on a GPU
-    .venv/bin/python bench/gpu_train.py --shape tiny --seconds 20   # check the script on CPU
+    .venv/bin/python bench/gpu_train.py --shape tiny --text 256 --seconds 20   # check it on CPU
 
 The model: a 1B-class LLaMA (2048 wide, 22 layers, GQA 32/4 heads; TinyLlama's shape)
 and a CLIP ViT-L/14 encoder at 336 px, the paper preset's 64-latent resampler. Batches
