@@ -47,6 +47,9 @@ fi
 
 # pip installs torch (uv does not look where our machines keep its CPU wheel) and uv, at
 # the lock's version; uv installs the rest: the same versions as pip, in a fraction of the time.
+# Unlike pip, uv leaves modules uncompiled; where PYTHONDONTWRITEBYTECODE is set (our CI
+# machines) every process, each Ray worker included, would then compile its imports anew:
+# --compile-bytecode writes the .pyc files once, here.
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off)
 UV_PIN="$(grep -E '^uv==' "$LOCK")"
 echo "setup: installing torch==$TORCH_VERSION and $UV_PIN"
@@ -55,7 +58,7 @@ echo "setup: installing torch==$TORCH_VERSION and $UV_PIN"
 CONSTRAINTS="$VENV/p2med-constraints.txt"
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 echo "setup: installing p2med and its dependencies from $LOCK"
-if ! "$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$CONSTRAINTS" -c "$LOCK" -e ".[dev]"; then
+if ! "$VENV/bin/uv" pip install --compile-bytecode --python "$VENV/bin/python" -c "$CONSTRAINTS" -c "$LOCK" -e ".[dev]"; then
     echo "setup: the install failed; if pyproject.toml's dependencies changed, run 'make lock'" \
         "to bring $LOCK in line with them" >&2
     exit 1
