@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -14,6 +15,10 @@ from p2med.platform.storage import StorageSettings
 from tests.support.local_s3 import local_s3_server
 
 use_local_ray_env()  # before a test module imports Ray Serve (see its docstring)
+# Ray Train's controller polls its workers every 2 s by default, and a stage ends (or a
+# killed worker is noticed) at a poll: every training test, the quickstart's subprocesses
+# and the submitted job's head (which inherit this environment) would wait on it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
 S3_KEY, S3_SECRET, S3_REGION = "testing", "testing-secret", "us-east-1"

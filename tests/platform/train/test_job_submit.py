@@ -1,5 +1,6 @@
 """The README's cluster command on a real local head: `ray start --head`, then
-`ray job submit --working-dir . -- p2med train ...`, waited for until it succeeds."""
+`ray job submit --working-dir . -- p2med train ...` writing to S3 (the credentials in the
+cluster's environment, as on a cluster node), waited for until it succeeds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from p2med.platform.storage import resolve
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -23,11 +25,16 @@ BIN = Path(sys.executable).parent  # the venv's ray and p2med
 
 
 @pytest.fixture
-def head():
+def head(s3_storage):
     """A Ray head started the way an operator starts one; its dashboard address. `--block`
     ties the head's processes to this one command: stopping it stops exactly this cluster
     (`ray stop` would also stop the test session's own Ray, and this process with it)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    credentials = {
+        "AWS_ENDPOINT_URL": s3_storage.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_storage.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_storage.secret_access_key.get_secret_value(),
+    }
+    env = {**os.environ, **credentials, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
     start = [
@@ -65,9 +72,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_train_runs_as_a_submitted_ray_job(head, tmp_path, ray_local, small_ingest):
+@pytest.mark.s3
+def test_train_runs_as_a_submitted_ray_job_writing_to_s3(head, ray_local, small_ingest, bucket, s3_storage):
+    """Stage 1 with its output on S3: the tokenizer it trains, checkpoints, model, MLflow."""
     address, env = head
-    shards, output = small_ingest.shards.path, tmp_path / "out"
+    shards, output = small_ingest.shards.path, f"s3://{bucket}/runs/job"
     command = [
         str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
         "p2med", "train", "--config", "train/tiny.yaml", "stage=1", f"shards={shards}", f"output={output}",
@@ -81,5 +90,11 @@ def test_train_runs_as_a_submitted_ray_job(head, tmp_path, ray_local, small_inge
         time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
-    assert (output / "stage1" / "model" / "p2med_config.json").exists()
-    shutil.rmtree(output)
+    written = resolve(output, s3_storage)
+    for path in (
+        ("tokenizer", "tokenizer.json"),
+        ("stage1", "model", "p2med_config.json"),
+        ("stage1", "ray", "checkpoint_manager_snapshot.json"),
+        ("mlruns", "stage1"),
+    ):
+        assert written.join(*path).exists(), path

@@ -1,6 +1,9 @@
-"""Staged training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2): stages
-1 and 2 on the local S3 server (the three stages on local disk: the quickstart test),
-metrics, worker-kill recovery, resume, and the bad inputs it must refuse clearly."""
+"""Staged training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2): stage
+2 on the local S3 server (stage 1 writes to S3 in the submitted-job test, and the three
+stages run on local disk in the quickstart test), metrics, worker-kill recovery, resume, a
+diverging loss, and the bad inputs it must refuse clearly. Each Ray Train fit costs tens
+of seconds of start-up whatever its steps, so the tests share fits: stage 1 once, stage 2
+with a worker killed once, and the resume test continues a copy of that run."""
 
 from __future__ import annotations
 
@@ -55,10 +58,7 @@ INGEST = IngestSettings(
 # Stage 2 with one image per rank and step: ranks often differ in modality (CT or X-ray),
 # which once broke ZeRO's gradient reduction (every rank must reduce the same buckets); its
 # vision steps skip the LLM, which must not break it either.
-MIXED = StagesSettings(
-    stage1=StageSettings(steps=4, batch_size=4, lr=3e-4),
-    stage2=AlignmentStageSettings(steps=6, batch_size=1, lr=3e-4, vision_steps=3),
-)
+MIXED = StagesSettings(stage2=AlignmentStageSettings(steps=6, batch_size=1, lr=3e-4, vision_steps=3))
 
 
 def settings(steps: int = 4, **changes) -> TrainSettings:
@@ -101,8 +101,7 @@ def metric_steps(run: Path, name: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def stage1_run(shards, tmp_path_factory) -> Path:
-    """Stage 1 trained once on local disk (checkpoints at steps 2 and 4), for the tests that
-    start from a finished stage. The three stages on local disk run in the quickstart test."""
+    """Stage 1 trained once on local disk (4 steps), for the tests that start from it."""
     run = tmp_path_factory.mktemp("local-run") / "run"
     summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1], resume=False)
     assert [r.stage for r in summary.stages] == [1]
@@ -110,31 +109,30 @@ def stage1_run(shards, tmp_path_factory) -> Path:
 
 
 @pytest.mark.s3
-def test_stages_on_s3_each_from_the_last(shards, bucket, s3_storage):
-    """Stage 2 starts from stage 1's model on S3; stage 3 reads and writes S3 the same way
-    (and runs on local disk in the quickstart test), so two stages cover the S3 paths."""
-    resolve(f"s3://{bucket}", s3_storage).fs.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
+def test_stage_2_on_s3_from_stage_1s_model_there(shards, stage1_run, bucket, s3_storage):
+    """Shards, the previous stage's model, checkpoints, the model and MLflow's store all on
+    S3 (stage 3 reads and writes S3 the same way)."""
+    store = resolve(f"s3://{bucket}", s3_storage).fs
+    store.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
+    store.put(str(stage1_run / "stage1" / "model") + "/", f"{bucket}/runs/r1/stage1/model/", recursive=True)
     output = resolve(f"s3://{bucket}/runs/r1", s3_storage)
     shards_at = resolve(f"s3://{bucket}/shards", s3_storage)
-    # this run also holds each stage's training data in memory (tiny.yaml does)
+    # this run also holds the stage's training data in memory (tiny.yaml does)
     in_memory = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
-    summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [1, 2], resume=False)
-    assert [r.stage for r in summary.stages] == [1, 2]
+    summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [2], resume=False)
+    assert [r.stage for r in summary.stages] == [2]
 
-    for stage in (1, 2):
-        folder = output.join(f"stage{stage}")
-        assert folder.join("model", "p2med_config.json").exists()
-        assert folder.join("loss.png").read_bytes()[:4] == b"\x89PNG"
-        checkpoints = [p for p in folder.join("ray").list_files() if p.startswith("checkpoint_") and "/" in p]
-        assert {p.split("/")[0] for p in checkpoints}, "no checkpoint kept"
-        assert len({p.split("/")[0] for p in checkpoints}) == 1  # keep_best=1
-        ranks = {p.rsplit("/", 1)[-1] for p in checkpoints}
-        assert {
-            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-        } <= ranks
-    final = output.join("stage2", "model")
-    model, tokenizer = load_model(final.uri, fs=final.fs)
+    folder = output.join("stage2")
+    assert folder.join("model", "p2med_config.json").exists()
+    assert folder.join("loss.png").read_bytes()[:4] == b"\x89PNG"
+    checkpoints = [p for p in folder.join("ray").list_files() if p.startswith("checkpoint_") and "/" in p]
+    assert len({p.split("/")[0] for p in checkpoints}) == 1  # keep_best=1
+    ranks = {p.rsplit("/", 1)[-1] for p in checkpoints}
+    assert {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= ranks
+    model, tokenizer = load_model(folder.join("model").uri, fs=folder.fs)
     assert set(model.config.trained) == {"vision", "resampler", "alignment", "llm_base", "lora"}
     ids, mask = encode_prompts(tokenizer, ["Impression:"])
     assert isinstance(
@@ -160,6 +158,48 @@ def test_tiny_reads_its_image_sizes_from_the_shards(stage1_run):
     assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
 
 
+@pytest.fixture(scope="module")
+def recovered_run(shards, stage1_run, tmp_path_factory) -> Path:
+    """Stage 2 for 10 steps from stage 1's model, one of its two workers killed (SIGKILL)
+    once the controller has taken in a checkpoint; max_failures=1 lets Ray Train replace it."""
+    run = tmp_path_factory.mktemp("recovered-run") / "run"
+    shutil.copytree(stage1_run / "stage1" / "model", run / "stage1" / "model")
+    config = settings(steps=10, scaling=ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=1))
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["summary"] = train(resolve(str(shards)), resolve(str(run)), config, [2], resume=False)
+        except Exception as exc:  # reported below, on the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    snapshot = run / "stage2" / "ray" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 600
+    while not registered_checkpoint(snapshot) and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.5)
+    time.sleep(1)  # past the controller's next poll of the workers (tests/conftest.py sets its interval)
+    workers = [
+        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert workers, "no training worker found to kill"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=900)
+    assert "error" not in outcome, outcome.get("error")
+    return run
+
+
+def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(recovered_run):
+    assert (recovered_run / "stage2" / "model" / "p2med_config.json").exists()
+    runs = mlflow_runs(recovered_run / "mlruns")
+    assert (
+        len(runs) == 1
+    )  # the replacement workers continued the same run: its state came from the checkpoint
+    steps = metric_steps(runs[0], "loss")
+    assert max(steps) == 10 and steps.count(1) == 1  # it went on, it did not start over
+
+
 def poisoned_copy(shards: Path, target: Path) -> Path:
     """The shards with every image's pixels set to NaN (a corrupt upstream step, say)."""
     shutil.copytree(shards, target)
@@ -173,69 +213,25 @@ def poisoned_copy(shards: Path, target: Path) -> Path:
     return target
 
 
-def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(shards, stage1_run, tmp_path):
+def test_resume_goes_on_from_the_latest_checkpoint_and_a_nan_loss_stops_it_there(
+    shards, recovered_run, tmp_path
+):
+    """The run of the worker-kill test (stage 2, checkpoints up to step 10) stopped before its
+    end, resumed to step 12 on images whose pixels are all NaN: it goes on at step 11, in the
+    same MLflow run, where the loss diverges at once. One fit for both checks: each Ray
+    Train fit costs tens of seconds of start-up."""
     run = tmp_path / "run"
-    shutil.copytree(stage1_run / "stage1" / "model", run / "stage1" / "model")
-    output = resolve(str(run))
-    train(resolve(str(shards)), output, settings(steps=2), [2], resume=False)  # a good checkpoint at step 2
-    shutil.rmtree(run / "stage2" / "model")  # as if stopped there
-
+    shutil.copytree(recovered_run, run)
+    shutil.rmtree(run / "stage2" / "model")  # as if the run had stopped at its last checkpoint
     bad = poisoned_copy(shards, tmp_path / "poisoned")
-    diverged = r"NaN or infinite at step 3.*last good checkpoint \(step 2\)"
+    diverged = r"NaN or infinite at step 11.*last good checkpoint \(step 10\)"  # not at step 1
     with pytest.raises(P2MedError, match=diverged) as error:
-        train(resolve(str(bad)), output, settings(steps=4), [2], resume=True)
+        train(resolve(str(bad)), resolve(str(run)), settings(steps=12), [2], resume=True)
 
     kept = Path(str(error.value).split(" is ")[1].split(";")[0])
     assert (kept / "state" / "mp_rank_00_model_states.pt").exists()
     assert not (run / "stage2" / "model").exists()  # no diverged model passed on to stage 3
-
-
-def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(shards, tmp_path):
-    output = resolve(str(tmp_path / "run"))
-    config = settings(steps=10, scaling=ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=1))
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["summary"] = train(resolve(str(shards)), output, config, [1], resume=False)
-        except Exception as exc:  # reported to the test thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    snapshot = tmp_path / "run" / "stage1" / "ray" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 600
-    while not registered_checkpoint(snapshot) and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.5)
-    time.sleep(3)  # past the controller's next poll of the workers (every 2 s)
-    workers = [
-        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert workers, "no training worker found to kill"
-    os.kill(workers[-1].pid, signal.SIGKILL)
-    thread.join(timeout=900)
-
-    assert "error" not in outcome, outcome.get("error")
-    assert (tmp_path / "run/stage1/model/p2med_config.json").exists()
-    runs = mlflow_runs(tmp_path / "run" / "mlruns")
-    assert (
-        len(runs) == 1
-    )  # the replacement workers continued the same run: its state came from the checkpoint
-    steps = metric_steps(runs[0], "loss")
-    assert max(steps) == 10 and steps.count(1) == 1  # it went on, it did not start over
-
-
-def test_resume_continues_from_the_latest_checkpoint(shards, stage1_run, tmp_path):
-    output = resolve(str(tmp_path / "run"))
-    shutil.copytree(stage1_run, tmp_path / "run")  # 4 steps of settings(): checkpoints at 2 and 4
-    shutil.rmtree(tmp_path / "run/stage1/model")  # as if the run had stopped before its end
-    train(resolve(str(shards)), output, settings(steps=6), [1], resume=True)
-
-    runs = mlflow_runs(tmp_path / "run" / "mlruns")
-    assert len(runs) == 1
-    steps = metric_steps(runs[0], "loss")
-    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 only were added: it went on from step 4
-    assert (tmp_path / "run/stage1/model/p2med_config.json").exists()
+    assert len(mlflow_runs(run / "mlruns")) == 1  # the resumed stage logged into its own run
 
 
 def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
