@@ -9,6 +9,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
 
 from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
 from p2med.platform.storage import StorageSettings
@@ -28,6 +29,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def attention_as_on_cuda(monkeypatch):
+    """Attention as CUDA computes it in bf16: over an empty batch,
+    `scaled_dot_product_attention` returns None where the CPU returns an empty tensor. Model
+    code must never run attention on no rows; under this, every test that runs the model in
+    its own process fails where a GPU would (Ray's workers keep the real function)."""
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def attention(query: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+        return None if query.shape[0] == 0 else real(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", attention)
 
 
 @pytest.fixture(scope="session")

@@ -93,34 +93,37 @@ class P2MedModel(nn.Module):
     def _resampled(self, images: Images) -> torch.Tensor:
         """Images -> resampled latents in the LLM's width (P, N, D), in placeholder reading order.
 
-        Both encoders run on every call, on no images when the batch has none of their
-        kind, and the latents carry a zero-weight term of both encodings. So in distributed
-        training every trainable parameter gets a gradient on every rank (DeepSpeed ZeRO-2
-        reduces gradients in buckets that must match across ranks), whatever mix of X-rays,
-        CTs and text its batch holds."""
+        An encoder runs only on images of its kind, never on an empty batch: on CUDA in
+        bf16, attention over no rows returns None, not an empty tensor. When training on a
+        batch that lacks a kind, the latents carry a zero-weight term of every trainable
+        parameter of the vision path (`_vision_anchor`), so that in distributed training
+        every trainable parameter gets a gradient on every rank (DeepSpeed ZeRO-2 reduces
+        gradients in buckets that must match across ranks), whatever mix of X-rays, CTs
+        and text its batch holds."""
+        shown = [kind for kinds in images.kinds for kind in kinds]
         encoded = {
-            kind: self.resampler(*self.vision(self._pixels(images, kind), kind)) for kind in MODALITIES
+            kind: self.resampler(*self.vision(getattr(images, kind), kind))
+            for kind in MODALITIES
+            if kind in shown
         }
-        anchor = sum(latents.sum() for latents in encoded.values()) * 0.0
         taken = dict.fromkeys(encoded, 0)
         picked = []
-        for kind in (kind for kinds in images.kinds for kind in kinds):
+        for kind in shown:
             picked.append(encoded[kind][taken[kind]])
             taken[kind] += 1
-        if not picked:
-            width = self.resampler.projection.out_features
-            empty = torch.zeros(0, self.config.resampler.latents, width, dtype=self.dtype, device=self.device)
-            return empty + anchor
-        return torch.stack(picked) + anchor
+        if picked:
+            latents = torch.stack(picked)
+        else:
+            shape = (0, self.config.resampler.latents, self.resampler.projection.out_features)
+            latents = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if len(encoded) < len(MODALITIES) and torch.is_grad_enabled():
+            latents = latents + self._vision_anchor()
+        return latents
 
-    def _pixels(self, images: Images, kind: str) -> torch.Tensor:
-        """The batch's images of `kind`, or an empty batch of that kind's shape."""
-        pixels = getattr(images, kind)
-        if pixels is not None:
-            return pixels
-        vision = self.config.vision
-        shape = (vision.xray_size,) * 2 if kind == "xray" else (vision.ct_slices,) + (vision.ct_size,) * 2
-        return torch.zeros(0, *shape, dtype=self.dtype, device=self.device)
+    def _vision_anchor(self) -> torch.Tensor:
+        """A zero that depends on every trainable parameter of the encoder and resampler."""
+        trainable = [p for p in (*self.vision.parameters(), *self.resampler.parameters()) if p.requires_grad]
+        return sum((p.sum() for p in trainable), torch.zeros((), dtype=self.dtype, device=self.device)) * 0.0
 
     def embed(
         self,

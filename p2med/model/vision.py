@@ -78,15 +78,7 @@ class VisionEncoder(nn.Module):
         """X-rays or CT volumes (see `encode_xray`, `encode_ct`) -> tokens (N, T, Dv), mask (N, T).
 
         The model calls the encoder as a module, not through those methods, as DeepSpeed's
-        hooks expect. An empty batch
-        (N = 0) gives (0, 1, Dv) tokens without running CLIP (which cannot take one) and,
-        when training, a zero-weight term of every trainable parameter, so that they all
-        get a gradient on every rank (see `P2MedModel.encode_images`)."""
-        if len(pixels) == 0 and kind in ("xray", "ct"):
-            tokens = pixels.new_zeros(0, 1, self.width)
-            if torch.is_grad_enabled():
-                tokens = tokens + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.long)
+        hooks expect; it never calls it on an empty batch (see `P2MedModel._resampled`)."""
         if kind == "xray":
             return self.encode_xray(pixels)
         if kind == "ct":

@@ -147,21 +147,37 @@ def test_empty_and_overlong_prompts_are_refused(model, tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("stage", "shown"), [(3, "text only"), (2, "X-rays only"), (2, "CTs only"), (3, "X-rays only")]
+    ("stage", "shown"),
+    [
+        (3, "text only"),
+        (2, "X-rays only"),
+        (2, "CTs only"),
+        (3, "X-rays only"),
+        (3, "CTs only"),
+        (3, "a mix"),
+        (2, "several images a sample"),
+    ],
 )
 def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_shows(model, tokenizer, stage, shown):
     """Distributed training (DeepSpeed ZeRO) needs the same parameters to get gradients on
-    every rank, whatever mix of images a rank's batch holds."""
+    every rank, whatever mix of images a rank's batch holds; and no encoder may run on an
+    empty batch (tests/conftest.py: attention behaves as on CUDA)."""
     if shown == "text only":
         texts, images = ["Cough and fever.", "Clear lungs."], Images.none(2)
     elif shown == "X-rays only":
         texts, images = [f"{IMAGE_TOKEN} Chest X-ray."] * 2, Images([["xray"], ["xray"]], xray=xrays(2))
-    else:
+    elif shown == "CTs only":
         texts, images = [f"{IMAGE_TOKEN} Chest CT."] * 2, Images([["ct"], ["ct"]], ct=cts(2))
+    elif shown == "a mix":
+        texts, images = MIXED_TEXTS, mixed_images()
+    else:
+        texts = [f"{IMAGE_TOKEN}{IMAGE_TOKEN} Two films.", f"{IMAGE_TOKEN}{IMAGE_TOKEN} CT, then an X-ray."]
+        images = Images([["xray", "xray"], ["ct", "xray"]], xray=xrays(3), ct=cts(1))
     ids, mask = right_padded(tokenizer, texts)
     apply_stage(model, stage)
-    # stage 2 adds the finding loss of its images (one per sample)
-    findings = some_findings(len(images.kinds), model.config.finding_labels) if stage == 2 else None
+    shown_images = sum(map(len, images.kinds))
+    # stage 2 adds the finding loss of its images
+    findings = some_findings(shown_images, model.config.finding_labels) if stage == 2 else None
     out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), images, findings)
     (out.loss if findings is None else out.loss + out.finding_loss).backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
