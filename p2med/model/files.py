@@ -13,6 +13,8 @@ from pathlib import Path
 import fsspec
 
 CACHE_ENV = "P2MED_MODEL_CACHE"
+# Files of a Hugging Face model folder that hold weights: what a tokenizer does not need.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
 
 def is_remote(uri: str) -> bool:
@@ -58,3 +60,20 @@ def download(uri: str, local: str, fs: fsspec.AbstractFileSystem | None = None) 
     if not fs.isdir(path):
         raise FileNotFoundError(f"no model folder at {uri}")
     fs.get(path.rstrip("/") + "/", local.rstrip("/") + "/", recursive=True)
+
+
+def copy_without_weights(uri: str, local: str, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    """Copy the files at the top of the model folder `uri` (local or remote) into the local
+    folder `local`, leaving out weight files (`WEIGHT_SUFFIXES`): the tokenizer and configs
+    of a pretrained LLM without its gigabytes (13 GB for a 7B model)."""
+    if fs is None and not is_remote(uri):
+        fs, path = fsspec.filesystem("file"), local_path(uri)
+    else:
+        fs, path = remote(uri, fs)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"no model folder at {uri}")
+    os.makedirs(local, exist_ok=True)
+    for entry in fs.ls(path, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry["type"] == "file" and not name.endswith(WEIGHT_SUFFIXES):
+            fs.get(entry["name"], os.path.join(local, name))

@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import fsspec
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from p2med.model.files import copy_without_weights
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
@@ -74,4 +77,27 @@ def with_image_token(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerF
         tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def pretrained_tokenizer(
+    uri: str, local: str, fs: fsspec.AbstractFileSystem | None = None
+) -> PreTrainedTokenizerFast:
+    """The tokenizer of the pretrained LLM folder `uri` (local or remote), ready for images
+    (`with_image_token`) and saved to the local folder `local`. Only the folder's tokenizer
+    and config files are copied, never its weights. Reads a `tokenizer.json` or a
+    sentencepiece `tokenizer.model` (LLaMA-2, Chinese-LLaMA-2), which transformers converts
+    with the `sentencepiece` package.
+
+    Raises:
+        FileNotFoundError: `uri` is no folder.
+        ValueError: the folder holds no tokenizer transformers can read.
+    """
+    copy_without_weights(uri, local, fs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"no tokenizer could be read from {uri}: {exc}") from exc
+    tokenizer = with_image_token(tokenizer)
+    tokenizer.save_pretrained(local)
     return tokenizer

@@ -1,8 +1,16 @@
-"""The tiny tokenizer: `<image>` is one id, save/load round trips, special ids are set."""
+"""The tiny tokenizer: `<image>` is one id, save/load round trips, special ids are set.
+A pretrained LLM's tokenizer (a LLaMA sentencepiece `tokenizer.model`) read from its
+folder without its weights."""
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
 import pytest
+import sentencepiece
+from transformers import LlamaConfig
 
 from p2med.model.tokenizer import (
     BOS_TOKEN,
@@ -10,8 +18,10 @@ from p2med.model.tokenizer import (
     IMAGE_TOKEN,
     PAD_TOKEN,
     load_tokenizer,
+    pretrained_tokenizer,
     train_bpe_tokenizer,
 )
+from p2med.platform.storage import resolve
 
 CORPUS = [
     "Findings: Airspace consolidation is seen in the right lower lobe. No pleural effusion.",
@@ -72,3 +82,63 @@ def test_training_is_deterministic():
 def test_load_names_a_missing_tokenizer(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         load_tokenizer(tmp_path)
+
+
+SENTENCEPIECE_VOCAB = 320  # bytes (byte fallback) and the texts' characters, with some merges
+LLAMA = LlamaConfig(
+    vocab_size=SENTENCEPIECE_VOCAB,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+)
+
+
+def write_sentencepiece_llm(folder: Path) -> None:
+    """A LLaMA folder as LLaMA-2 and Chinese-LLaMA-2 ship: config.json, a sentencepiece
+    tokenizer.model with its tokenizer_config.json, and weights (a stand-in file)."""
+    texts = ["患儿咳嗽三天，伴发热。右下肺见片状实变影。", "Consolidation in the right lower lobe."] * 40
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=SENTENCEPIECE_VOCAB, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )  # fmt: skip
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    LLAMA.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_sentencepiece_llama_tokenizer_loads_without_the_weights(where, tmp_path, request):
+    write_sentencepiece_llm(tmp_path / "llama")
+    uri, fs = str(tmp_path / "llama"), None
+    if where == "s3":
+        bucket = request.getfixturevalue("bucket")
+        fs = resolve(f"s3://{bucket}", request.getfixturevalue("s3_storage")).fs
+        fs.put(uri + "/", f"{bucket}/bases/llama/", recursive=True)
+        uri = f"s3://{bucket}/bases/llama"
+    tok = pretrained_tokenizer(uri, str(tmp_path / "copy"), fs)
+    assert not (tmp_path / "copy" / "model.safetensors").exists()
+    text = "患儿咳嗽三天，右下肺实变。"
+    ids = tok(f"{IMAGE_TOKEN}\n{text}").input_ids
+    assert ids[0] == tok.bos_token_id and ids.count(tok.convert_tokens_to_ids(IMAGE_TOKEN)) == 1
+    assert tok.decode(ids, skip_special_tokens=True).strip() == text
+    assert tok.pad_token is not None
+    assert load_tokenizer(tmp_path / "copy").convert_tokens_to_ids(IMAGE_TOKEN) == ids[1]
+
+
+def test_a_folder_without_a_tokenizer_is_named(tmp_path):
+    LLAMA.save_pretrained(tmp_path / "llama")  # a config, no tokenizer
+    with pytest.raises(ValueError, match=r"no tokenizer could be read from .*llama"):
+        pretrained_tokenizer(str(tmp_path / "llama"), str(tmp_path / "copy"))
+    with pytest.raises(FileNotFoundError, match=r"no model folder at .*nowhere"):
+        pretrained_tokenizer(str(tmp_path / "nowhere"), str(tmp_path / "copy"))

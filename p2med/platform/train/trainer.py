@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -30,12 +29,11 @@ from typing import Any
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
-from transformers import AutoTokenizer
 
 from p2med.model.config import ModelConfig
-from p2med.model.files import download
+from p2med.model.files import copy_without_weights
 from p2med.model.presets import PRESETS
-from p2med.model.tokenizer import load_tokenizer, train_bpe_tokenizer, with_image_token
+from p2med.model.tokenizer import load_tokenizer, pretrained_tokenizer, train_bpe_tokenizer
 from p2med.platform.data.shards import read_manifest
 from p2med.platform.data.stage_datasets import corpus, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings
@@ -248,13 +246,11 @@ def _tokenizer(
         return local
     else:
         source = model.llm
-    if "://" in source and not source.startswith("file://"):
-        download(source, local, fs=output.fs if source.startswith("s3://") else None)
-    else:
-        shutil.copytree(source.removeprefix("file://"), local)
+    fs = output.fs if source.startswith("s3://") else None
     if model.preset == "paper":
-        tokenizer = with_image_token(AutoTokenizer.from_pretrained(local, local_files_only=True))
-        tokenizer.save_pretrained(local)
+        pretrained_tokenizer(source, local, fs)
+    else:
+        copy_without_weights(source, local, fs)
     return local
 
 
