@@ -1,11 +1,15 @@
-"""The interleaved forward pass: image slots, masks, labels, padding, bad input."""
+"""The interleaved forward pass: image slots, masks, labels, padding, bad input, gradients
+and gradient checkpointing."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 import torch
 
 from p2med.model.interleave import IGNORE_INDEX, Images, expanded_length
+from p2med.model.presets import tiny
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN
 from tests.model.conftest import MIXED_TEXTS, cts, mixed_images, right_padded, some_findings, xrays
@@ -182,3 +186,37 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_shows(mode
     (out.loss if findings is None else out.loss + out.finding_loss).backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:5]
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_changes_no_gradient(tokenizer):
+    """Stage 2 (CLIP trains, and the LLM passes gradients back to the image latents): with
+    checkpointing, an LLM layer and a CLIP layer each run again in the backward pass, and
+    the loss and every gradient come out the same."""
+
+    def step(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], Counter]:
+        torch.manual_seed(0)
+        model = tiny(tokenizer).train()
+        apply_stage(model, 2)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        runs: Counter = Counter()
+        # a layer's own hooks stay outside transformers' checkpoint, and the recompute stops
+        # once it has what the backward needs: its MLP is entered again, not finished
+        layers = {
+            "llm": model.llm.get_base_model().model.layers[0].mlp,
+            "clip": model.vision.clip.encoder.layers[0].mlp,
+        }
+        for name, layer in layers.items():
+            layer.register_forward_pre_hook(lambda *_, name=name: runs.update([name]))
+        ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+        findings = some_findings(4, model.config.finding_labels)  # mixed_images shows 4
+        out = model(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX), mixed_images(), findings)
+        (out.loss + out.finding_loss).backward()
+        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, runs
+
+    loss, grads, runs = step(checkpointing=False)
+    checkpointed_loss, checkpointed_grads, checkpointed_runs = step(checkpointing=True)
+    assert runs == {"llm": 1, "clip": 2} and checkpointed_runs == {"llm": 2, "clip": 4}  # CLIP: X-rays, CTs
+    assert torch.allclose(loss, checkpointed_loss)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, checkpointed_grads[name], atol=1e-6), name

@@ -72,6 +72,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     model = _initial_model(work)
     plan = apply_stage(model, work.stage)
+    if settings.model.checkpoints_activations:
+        model.enable_gradient_checkpointing()
     if rank == 0:
         print(f"train: {plan.describe()}", flush=True)
     device = ray.train.torch.get_device()

@@ -144,6 +144,17 @@ class ModelSettings(Settings):
     """Tokenizer folder; unset: `tiny` trains a BPE on the shards' train split, `paper` uses the LLaMA's."""
     vocab_size: int = Field(4096, ge=512)
     """Size of the BPE that `tiny` trains."""
+    gradient_checkpointing: bool | None = None
+    """Recompute each LLM and CLIP layer's activations in the backward pass instead of
+    keeping them (less memory, about a third more compute); unset: on for `paper`, off for
+    `tiny`, whose activations are small."""
+
+    @property
+    def checkpoints_activations(self) -> bool:
+        """Whether training uses gradient checkpointing (`gradient_checkpointing`, resolved)."""
+        if self.gradient_checkpointing is None:
+            return self.preset == "paper"
+        return self.gradient_checkpointing
 
 
 class DataSettings(Settings):

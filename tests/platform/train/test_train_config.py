@@ -1,4 +1,5 @@
-"""Training settings: stage 2's vision steps are its own and must leave alignment steps."""
+"""Training settings: stage 2's vision steps are its own and must leave alignment steps;
+gradient checkpointing is on for the paper preset unless turned off."""
 
 from __future__ import annotations
 
@@ -19,3 +20,16 @@ def test_vision_steps_must_leave_steps_for_alignment():
 def test_only_stage_2_has_vision_steps():
     with pytest.raises(ConfigError, match=r"stages.stage3.vision_steps"):
         load_config(TrainSettings, None, ["stages.stage3.vision_steps=10"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "checkpointing"),
+    [
+        ([], False),
+        (["model.preset=paper"], True),
+        (["model.preset=paper", "model.gradient_checkpointing=false"], False),
+        (["model.gradient_checkpointing=true"], True),
+    ],
+)
+def test_gradient_checkpointing_defaults_to_the_preset(overrides, checkpointing):
+    assert load_config(TrainSettings, None, overrides).model.checkpoints_activations is checkpointing
