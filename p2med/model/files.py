@@ -66,10 +66,7 @@ def copy_without_weights(uri: str, local: str, fs: fsspec.AbstractFileSystem | N
     """Copy the files at the top of the model folder `uri` (local or remote) into the local
     folder `local`, leaving out weight files (`WEIGHT_SUFFIXES`): the tokenizer and configs
     of a pretrained LLM without its gigabytes (13 GB for a 7B model)."""
-    if fs is None and not is_remote(uri):
-        fs, path = fsspec.filesystem("file"), local_path(uri)
-    else:
-        fs, path = remote(uri, fs)
+    fs, path = remote(uri, fs)
     if not fs.isdir(path):
         raise FileNotFoundError(f"no model folder at {uri}")
     os.makedirs(local, exist_ok=True)
