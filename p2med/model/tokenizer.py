@@ -97,7 +97,10 @@ def pretrained_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"no tokenizer could be read from {uri}: {exc}") from exc
+        raise ValueError(
+            f"no tokenizer could be read from {uri} (it needs a tokenizer.json or a sentencepiece "
+            f"tokenizer.model that transformers can load): {exc}"
+        ) from exc
     tokenizer = with_image_token(tokenizer)
     tokenizer.save_pretrained(local)
     return tokenizer

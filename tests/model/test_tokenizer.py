@@ -136,9 +136,13 @@ def test_a_sentencepiece_llama_tokenizer_loads_without_the_weights(where, tmp_pa
     assert load_tokenizer(tmp_path / "copy").convert_tokens_to_ids(IMAGE_TOKEN) == ids[1]
 
 
-def test_a_folder_without_a_tokenizer_is_named(tmp_path):
+def test_a_folder_without_a_readable_tokenizer_is_named(tmp_path):
     LLAMA.save_pretrained(tmp_path / "llama")  # a config, no tokenizer
     with pytest.raises(ValueError, match=r"no tokenizer could be read from .*llama"):
         pretrained_tokenizer(str(tmp_path / "llama"), str(tmp_path / "copy"))
+    write_sentencepiece_llm(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "tokenizer.model").write_bytes(b"not a sentencepiece model" * 10)
+    with pytest.raises(ValueError, match=r"no tokenizer could be read from .*corrupt"):
+        pretrained_tokenizer(str(tmp_path / "corrupt"), str(tmp_path / "copy2"))
     with pytest.raises(FileNotFoundError, match=r"no model folder at .*nowhere"):
         pretrained_tokenizer(str(tmp_path / "nowhere"), str(tmp_path / "copy"))
