@@ -62,8 +62,7 @@ def s3_storage(s3_endpoint) -> StorageSettings:
     )
 
 
-@pytest.fixture
-def bucket(s3_endpoint) -> str:
+def new_bucket(s3_endpoint: str) -> str:
     """A new, empty bucket (moto rejects s3fs's mkdir for buckets: boto3 creates it)."""
     name = f"p2med-test-{uuid.uuid4().hex[:12]}"
     client = boto3.client(
@@ -75,6 +74,11 @@ def bucket(s3_endpoint) -> str:
     )
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    return new_bucket(s3_endpoint)
 
 
 @pytest.fixture(scope="session")

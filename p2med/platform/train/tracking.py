@@ -3,12 +3,18 @@ metrics and params, and a loss-curve PNG at the end.
 
 MLflow's file store (the default, under <output>/mlruns) is in maintenance mode in MLflow 3
 and refuses to start unless MLFLOW_ALLOW_FILE_STORE is set; it still works, needs no
-server, and any other tracking URI can be configured instead.
+server, and any other tracking URI can be configured instead. MLflow cannot write its file
+store to S3, so for an S3 output it lives on rank 0's disk and is archived to the output
+at every checkpoint: a replaced rank 0, or a resumed stage, continues the same run from there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import shutil
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,10 +37,12 @@ class History:
 @dataclass(frozen=True)
 class TrackingStore:
     """Where MLflow writes: a configured URI, the file store <output>/mlruns, or, for a
-    remote output, a local file store uploaded to <output>/mlruns/stage<N> at the end."""
+    remote output, a local file store kept in step with the archive
+    <output>/mlruns/stage<N>.tar.gz (one object: replaced whole, never half-written, and
+    it keeps the empty folders MLflow's store needs, which S3 has no notion of)."""
 
     uri: str
-    upload_to: Location | None = None
+    archive: Location | None = None
 
     @classmethod
     def of(cls, configured: str | None, output: Location, stage: int) -> TrackingStore:
@@ -42,9 +50,34 @@ class TrackingStore:
             return cls(configured)
         if not output.is_s3:
             return cls("file://" + os.path.abspath(output.join("mlruns").path))
-        return cls(
-            "file://" + tempfile.mkdtemp(prefix="p2med-mlruns-"), output.join("mlruns", f"stage{stage}")
-        )
+        archive = output.join("mlruns", f"stage{stage}.tar.gz")
+        # one local path per archive: the run's artifact locations, which MLflow writes into
+        # the store as absolute paths, stay valid for a replaced rank 0 and a resumed stage
+        digest = hashlib.sha256(archive.uri.encode()).hexdigest()[:16]
+        return cls("file://" + os.path.join(tempfile.gettempdir(), f"p2med-mlruns-{digest}"), archive)
+
+    @property
+    def local_path(self) -> str | None:
+        """The local copy of a remote store (None: MLflow writes to `uri` itself)."""
+        return self.uri.removeprefix("file://") if self.archive is not None else None
+
+    def download(self) -> None:
+        """Make the local copy what the archive holds (nothing, for a new stage)."""
+        if self.local_path is None:
+            return
+        shutil.rmtree(self.local_path, ignore_errors=True)
+        if self.archive.exists():
+            with tarfile.open(fileobj=io.BytesIO(self.archive.read_bytes())) as packed:
+                packed.extractall(self.local_path, filter="data")
+
+    def upload(self) -> None:
+        """Replace the archive with the local store."""
+        if self.local_path is None:
+            return
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as packed:
+            packed.add(self.local_path, arcname=".")
+        self.archive.write_bytes(buffer.getvalue())
 
 
 class Tracker:
@@ -65,6 +98,7 @@ class Tracker:
 
         if store.uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        store.download()
         self._mlflow, self.store = mlflow, store
         mlflow.set_tracking_uri(store.uri)
         mlflow.set_experiment(settings.experiment)
@@ -108,22 +142,23 @@ class Tracker:
         )
 
     def validation(self, step: int, val_loss: float) -> None:
+        """Record the validation loss of a checkpoint, and archive a local store for a remote
+        output: a replacement continues from the checkpoint's state, metrics included."""
         self.history.val_steps.append(step)
         self.history.val_losses.append(val_loss)
         self._mlflow.log_metrics({"val_loss": val_loss}, step=step)
+        self.store.upload()
         print(
             f"train: stage {self.stage} step {step}/{self.total} validation loss {val_loss:.4f}", flush=True
         )
 
     def finish(self, curve_path: str) -> None:
         """Write the loss curve to `curve_path` (a local PNG), attach it, close the run, and
-        upload a local store for a remote output."""
+        archive a local store for a remote output."""
         plot_losses(self.history, f"Stage {self.stage}", curve_path)
         self._mlflow.log_artifact(curve_path)
         self._mlflow.end_run()
-        if self.store.upload_to is not None:
-            local = self.store.uri.removeprefix("file://")
-            self.store.upload_to.fs.put(local + "/", self.store.upload_to.path + "/", recursive=True)
+        self.store.upload()
 
 
 def plot_losses(history: History, title: str, path: str) -> None:

@@ -9,7 +9,8 @@ Per stage, under the output:
     stage<N>/ray/         Ray Train's run: every checkpoint (all ranks' DeepSpeed shards)
     tokenizer/            the tokenizer `tiny` trained on the shards (stage 1)
     mlruns/               MLflow file store (unless tracking.mlflow_uri says otherwise;
-                          for an s3:// output, one store per stage: mlruns/stage<N>/)
+                          for an s3:// output, one archived store per stage:
+                          mlruns/stage<N>.tar.gz, replaced at every checkpoint)
 
 Stage N+1 starts from stage N's model. With `resume`, finished stages are skipped and the
 unfinished one continues from its latest checkpoint.
@@ -182,7 +183,8 @@ def _run_stage(
     if stage_dir.join(NAN_MARKER).exists():
         where = json.loads(stage_dir.join(NAN_MARKER).read_text())
         kept = (
-            f"the last good checkpoint (step {result.metrics['step']}) is {result.checkpoint.path}; "
+            f"the last good checkpoint (step {result.metrics['step']}) is "
+            f"{stage_dir.join('ray', os.path.basename(result.checkpoint.path)).uri}; "
             f"rerun with resume=true to continue from it"
             if result.checkpoint is not None
             else "no checkpoint had been written yet"

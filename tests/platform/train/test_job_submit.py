@@ -95,6 +95,6 @@ def test_train_runs_as_a_submitted_ray_job_writing_to_s3(head, ray_local, small_
         ("tokenizer", "tokenizer.json"),
         ("stage1", "model", "p2med_config.json"),
         ("stage1", "ray", "checkpoint_manager_snapshot.json"),
-        ("mlruns", "stage1"),
+        ("mlruns", "stage1.tar.gz"),
     ):
         assert written.join(*path).exists(), path

@@ -1,16 +1,18 @@
 """Staged training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2): stage
-2 on the local S3 server (stage 1 writes to S3 in the submitted-job test, and the three
-stages run on local disk in the quickstart test), metrics, worker-kill recovery, resume, a
+2 on the local S3 server with a worker killed (stage 1 writes to S3 in the submitted-job
+test, and the three stages run on local disk in the quickstart test), metrics, resume, a
 diverging loss, and the bad inputs it must refuse clearly. Each Ray Train fit costs tens
 of seconds of start-up whatever its steps, so the tests share fits: stage 1 once, stage 2
 with a worker killed once, and the resume test continues a copy of that run."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -30,8 +32,8 @@ from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
 from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth import generate as synthesize
-from p2med.platform.errors import P2MedError
-from p2med.platform.storage import resolve
+from p2med.platform.errors import P2MedError, StorageError
+from p2med.platform.storage import Location, resolve
 from p2med.platform.train.settings import (
     AlignmentStageSettings,
     CheckpointSettings,
@@ -45,6 +47,7 @@ from p2med.platform.train.settings import (
     TrainSettings,
 )
 from p2med.platform.train.trainer import train
+from tests.conftest import new_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +58,15 @@ INGEST = IngestSettings(
     shard_target_mb=0.3,
 )
 
-# Stage 2 with one image per rank and step: ranks often differ in modality (CT or X-ray),
-# which once broke ZeRO's gradient reduction (every rank must reduce the same buckets); its
-# vision steps skip the LLM, which must not break it either.
-MIXED = StagesSettings(stage2=AlignmentStageSettings(steps=6, batch_size=1, lr=3e-4, vision_steps=3))
+# the training data held in memory, as tiny.yaml does
+IN_MEMORY = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
+
+
+def mixed(steps: int) -> StagesSettings:
+    """Stage 2 with one image per rank and step: ranks often differ in modality (CT or
+    X-ray), which once broke ZeRO's gradient reduction (every rank must reduce the same
+    buckets); its vision steps skip the LLM, which must not break it either."""
+    return StagesSettings(stage2=AlignmentStageSettings(steps=steps, batch_size=1, lr=3e-4, vision_steps=3))
 
 
 def settings(steps: int = 4, **changes) -> TrainSettings:
@@ -86,13 +94,20 @@ def mlflow_runs(mlruns: Path) -> list[Path]:
     return [p.parent for p in mlruns.glob("*/*/meta.yaml")]
 
 
-def registered_checkpoint(snapshot: Path) -> bool:
+def registered_checkpoint(snapshot: Location) -> bool:
     """Whether Ray Train's controller has taken in a checkpoint (its files alone are not
     enough: a report made just before a worker dies can be lost)."""
     try:
         return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
-    except (OSError, ValueError):  # not written yet, or caught mid-write
+    except (StorageError, ValueError):  # not written yet
         return False
+
+
+def unpacked_mlruns(run: Location, target: Path) -> Path:
+    """Stage 2's MLflow store of an S3 run, unpacked into `target`."""
+    with tarfile.open(fileobj=io.BytesIO(run.join("mlruns", "stage2.tar.gz").read_bytes())) as archive:
+        archive.extractall(target, filter="data")
+    return target
 
 
 def metric_steps(run: Path, name: str) -> list[int]:
@@ -106,39 +121,6 @@ def stage1_run(shards, tmp_path_factory) -> Path:
     summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1], resume=False)
     assert [r.stage for r in summary.stages] == [1]
     return run
-
-
-@pytest.mark.s3
-def test_stage_2_on_s3_from_stage_1s_model_there(shards, stage1_run, bucket, s3_storage):
-    """Shards, the previous stage's model, checkpoints, the model and MLflow's store all on
-    S3 (stage 3 reads and writes S3 the same way)."""
-    store = resolve(f"s3://{bucket}", s3_storage).fs
-    store.put(str(shards) + "/", f"{bucket}/shards/", recursive=True)
-    store.put(str(stage1_run / "stage1" / "model") + "/", f"{bucket}/runs/r1/stage1/model/", recursive=True)
-    output = resolve(f"s3://{bucket}/runs/r1", s3_storage)
-    shards_at = resolve(f"s3://{bucket}/shards", s3_storage)
-    # this run also holds the stage's training data in memory (tiny.yaml does)
-    in_memory = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
-    summary = train(shards_at, output, settings(stages=MIXED, data=in_memory), [2], resume=False)
-    assert [r.stage for r in summary.stages] == [2]
-
-    folder = output.join("stage2")
-    assert folder.join("model", "p2med_config.json").exists()
-    assert folder.join("loss.png").read_bytes()[:4] == b"\x89PNG"
-    checkpoints = [p for p in folder.join("ray").list_files() if p.startswith("checkpoint_") and "/" in p]
-    assert len({p.split("/")[0] for p in checkpoints}) == 1  # keep_best=1
-    ranks = {p.rsplit("/", 1)[-1] for p in checkpoints}
-    assert {
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-    } <= ranks
-    model, tokenizer = load_model(folder.join("model").uri, fs=folder.fs)
-    assert set(model.config.trained) == {"vision", "resampler", "alignment", "llm_base", "lora"}
-    ids, mask = encode_prompts(tokenizer, ["Impression:"])
-    assert isinstance(
-        generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
-    )
-    assert output.join("mlruns", "stage2").exists()
 
 
 def test_a_stage_tracks_its_metrics_in_mlflow(stage1_run):
@@ -159,23 +141,29 @@ def test_tiny_reads_its_image_sizes_from_the_shards(stage1_run):
 
 
 @pytest.fixture(scope="module")
-def recovered_run(shards, stage1_run, tmp_path_factory) -> Path:
-    """Stage 2 for 10 steps from stage 1's model, one of its two workers killed (SIGKILL)
-    once the controller has taken in a checkpoint; max_failures=1 lets Ray Train replace it."""
-    run = tmp_path_factory.mktemp("recovered-run") / "run"
-    shutil.copytree(stage1_run / "stage1" / "model", run / "stage1" / "model")
-    config = settings(steps=10, scaling=ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=1))
+def recovered_run(shards, stage1_run, s3_endpoint, s3_storage) -> Location:
+    """Stage 2 for 10 steps on S3 (the shards stay local) from stage 1's model, one of its
+    two workers killed (SIGKILL) once the controller has taken in a checkpoint;
+    max_failures=1 lets Ray Train replace it."""
+    run = resolve(f"s3://{new_bucket(s3_endpoint)}/runs/r1", s3_storage)
+    stage1_model = run.join("stage1", "model")
+    run.fs.put(str(stage1_run / "stage1" / "model") + "/", stage1_model.path + "/", recursive=True)
+    config = settings(
+        stages=mixed(steps=10),
+        data=IN_MEMORY,
+        scaling=ScalingSettings(workers=2, cpus_per_worker=0.5, max_failures=1),
+    )
     outcome: dict = {}
 
     def fit() -> None:
         try:
-            outcome["summary"] = train(resolve(str(shards)), resolve(str(run)), config, [2], resume=False)
+            outcome["summary"] = train(resolve(str(shards)), run, config, [2], resume=False)
         except Exception as exc:  # reported below, on the test's thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit)
     thread.start()
-    snapshot = run / "stage2" / "ray" / "checkpoint_manager_snapshot.json"
+    snapshot = run.join("stage2", "ray", "checkpoint_manager_snapshot.json")
     deadline = time.monotonic() + 600
     while not registered_checkpoint(snapshot) and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.5)
@@ -190,12 +178,25 @@ def recovered_run(shards, stage1_run, tmp_path_factory) -> Path:
     return run
 
 
-def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(recovered_run):
-    assert (recovered_run / "stage2" / "model" / "p2med_config.json").exists()
-    runs = mlflow_runs(recovered_run / "mlruns")
-    assert (
-        len(runs) == 1
-    )  # the replacement workers continued the same run: its state came from the checkpoint
+def test_a_killed_worker_is_replaced_and_the_run_on_s3_goes_on_from_its_checkpoint(recovered_run, tmp_path):
+    """Everything of the stage on S3: the previous stage's model, checkpoints of both ranks,
+    the model, the loss curve and MLflow's store."""
+    folder = recovered_run.join("stage2")
+    assert folder.join("loss.png").read_bytes()[:4] == b"\x89PNG"
+    ranks = {p.rsplit("/", 1)[-1] for p in folder.join("ray").list_files() if p.startswith("checkpoint_")}
+    assert {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= ranks
+    model, tokenizer = load_model(folder.join("model").uri, fs=folder.fs)
+    assert set(model.config.trained) == {"vision", "resampler", "alignment", "llm_base", "lora"}
+    ids, mask = encode_prompts(tokenizer, ["Impression:"])
+    assert isinstance(
+        generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
+    )
+    runs = mlflow_runs(unpacked_mlruns(recovered_run, tmp_path))
+    # the replacement workers continued the same run: its state came from the checkpoint
+    assert len(runs) == 1
     steps = metric_steps(runs[0], "loss")
     assert max(steps) == 10 and steps.count(1) == 1  # it went on, it did not start over
 
@@ -216,22 +217,25 @@ def poisoned_copy(shards: Path, target: Path) -> Path:
 def test_resume_goes_on_from_the_latest_checkpoint_and_a_nan_loss_stops_it_there(
     shards, recovered_run, tmp_path
 ):
-    """The run of the worker-kill test (stage 2, checkpoints up to step 10) stopped before its
-    end, resumed to step 12 on images whose pixels are all NaN: it goes on at step 11, in the
-    same MLflow run, where the loss diverges at once. One fit for both checks: each Ray
-    Train fit costs tens of seconds of start-up."""
-    run = tmp_path / "run"
-    shutil.copytree(recovered_run, run)
-    shutil.rmtree(run / "stage2" / "model")  # as if the run had stopped at its last checkpoint
+    """A copy of the worker-kill test's run (stage 2 on S3, checkpoints up to step 10)
+    stopped before its end, resumed to step 12 on images whose pixels are all NaN: it goes
+    on at step 11, in the same MLflow run, where the loss diverges at once. One fit for both
+    checks: each Ray Train fit costs tens of seconds of start-up."""
+    run = resolve(recovered_run.uri.rsplit("/", 1)[0] + "/resumed", recovered_run.storage)
+    run.fs.copy(recovered_run.path + "/", run.path + "/", recursive=True)
+    run.join("stage2", "model").remove()  # as if the run had stopped at its last checkpoint
     bad = poisoned_copy(shards, tmp_path / "poisoned")
+    config = settings(stages=mixed(steps=12), data=IN_MEMORY)
     diverged = r"NaN or infinite at step 11.*last good checkpoint \(step 10\)"  # not at step 1
     with pytest.raises(P2MedError, match=diverged) as error:
-        train(resolve(str(bad)), resolve(str(run)), settings(steps=12), [2], resume=True)
+        train(resolve(str(bad)), run, config, [2], resume=True)
 
-    kept = Path(str(error.value).split(" is ")[1].split(";")[0])
-    assert (kept / "state" / "mp_rank_00_model_states.pt").exists()
-    assert not (run / "stage2" / "model").exists()  # no diverged model passed on to stage 3
-    assert len(mlflow_runs(run / "mlruns")) == 1  # the resumed stage logged into its own run
+    kept = str(error.value).split(" is ")[1].split(";")[0]
+    assert kept.startswith(run.join("stage2", "ray").uri + "/checkpoint_")
+    assert resolve(kept, run.storage).join("state", "mp_rank_00_model_states.pt").exists()
+    assert not run.join("stage2", "model").exists()  # no diverged model passed on to stage 3
+    # the resumed stage logged into its own run
+    assert len(mlflow_runs(unpacked_mlruns(run, tmp_path / "mlruns"))) == 1
 
 
 def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
