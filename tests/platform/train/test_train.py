@@ -1,18 +1,16 @@
 """Staged training on a real local Ray with 2 CPU workers (gloo, DeepSpeed ZeRO-2): stage
-2 on the local S3 server with a worker killed (stage 1 writes to S3 in the submitted-job
-test, and the three stages run on local disk in the quickstart test), metrics, resume, a
-diverging loss, and the bad inputs it must refuse clearly. Each Ray Train fit costs tens
-of seconds of start-up whatever its steps, so the tests share fits: stage 1 once, stage 2
-with a worker killed once, and the resume test continues a copy of that run."""
+2 on the local S3 server from the stage 1 a submitted job trained there (conftest.py), with
+a worker killed; resume; a diverging loss; and the bad inputs it must refuse clearly. The
+three stages run on local disk in the quickstart test. Each Ray Train fit costs tens of
+seconds of start-up whatever its steps, so the tests share fits: stage 2 with a worker
+killed once, and the resume test continues a copy of that run."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import signal
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -22,16 +20,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from p2med.model.checkpoint import load_model
 from p2med.model.generation import GenerationSettings, encode_prompts, generate
-from p2med.platform.data.deid import DeidSettings
-from p2med.platform.data.imaging import ImagingSettings
-from p2med.platform.data.ingest import ingest
-from p2med.platform.data.ingest_settings import IngestSettings
-from p2med.platform.data.synth import SynthSettings
-from p2med.platform.data.synth import generate as synthesize
 from p2med.platform.errors import P2MedError, StorageError
 from p2med.platform.storage import Location, resolve
 from p2med.platform.train.settings import (
@@ -47,16 +38,9 @@ from p2med.platform.train.settings import (
     TrainSettings,
 )
 from p2med.platform.train.trainer import train
-from tests.conftest import new_bucket
+from tests.platform.train.conftest import metric_steps, mlflow_runs, unpacked_mlruns
 
 pytestmark = pytest.mark.slow
-
-RAW = SynthSettings(patients=24, ct_fraction=0.5, xray_size=96, ct_slices=10, ct_size=40, workers=1)
-INGEST = IngestSettings(
-    imaging=ImagingSettings(xray_size=64, ct_slices=8, ct_size=32),
-    deid=DeidSettings(key="k"),
-    shard_target_mb=0.3,
-)
 
 # the training data held in memory, as tiny.yaml does
 IN_MEMORY = DataSettings(max_length=96, shuffle_buffer=16, materialize=True)
@@ -83,15 +67,8 @@ def settings(steps: int = 4, **changes) -> TrainSettings:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
-    root = tmp_path_factory.mktemp("train-data")
-    synthesize(RAW, resolve(str(root / "raw")), progress=False)
-    ingest(resolve(str(root / "raw")), resolve(str(root / "shards")), INGEST)
-    return root / "shards"
-
-
-def mlflow_runs(mlruns: Path) -> list[Path]:
-    return [p.parent for p in mlruns.glob("*/*/meta.yaml")]
+def shards(small_ingest) -> Path:
+    return Path(small_ingest.shards.path)
 
 
 def registered_checkpoint(snapshot: Location) -> bool:
@@ -103,51 +80,12 @@ def registered_checkpoint(snapshot: Location) -> bool:
         return False
 
 
-def unpacked_mlruns(run: Location, target: Path) -> Path:
-    """Stage 2's MLflow store of an S3 run, unpacked into `target`."""
-    with tarfile.open(fileobj=io.BytesIO(run.join("mlruns", "stage2.tar.gz").read_bytes())) as archive:
-        archive.extractall(target, filter="data")
-    return target
-
-
-def metric_steps(run: Path, name: str) -> list[int]:
-    return [int(line.split()[2]) for line in (run / "metrics" / name).read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
-def stage1_run(shards, tmp_path_factory) -> Path:
-    """Stage 1 trained once on local disk (4 steps), for the tests that start from it."""
-    run = tmp_path_factory.mktemp("local-run") / "run"
-    summary = train(resolve(str(shards)), resolve(str(run)), settings(), [1], resume=False)
-    assert [r.stage for r in summary.stages] == [1]
-    return run
-
-
-def test_a_stage_tracks_its_metrics_in_mlflow(stage1_run):
-    runs = mlflow_runs(stage1_run / "mlruns")
-    assert len(runs) == 1
-    for name in ("loss", "val_loss", "lr", "tokens_per_s", "samples_per_s"):
-        assert (runs[0] / "metrics" / name).exists(), name
-    assert sorted(metric_steps(runs[0], "loss")) == [1, 2, 3, 4]
-    assert sorted(metric_steps(runs[0], "val_loss")) == [2, 4]
-
-
-def test_tiny_reads_its_image_sizes_from_the_shards(stage1_run):
-    """The model's vision input sizes follow the ingest (64 px X-rays, 8 x 32 x 32 CTs)."""
-    model, _ = load_model(str(stage1_run / "stage1" / "model"))
-    vision = model.config.vision
-    assert (vision.xray_size, vision.ct_slices, vision.ct_size) == (64, 8, 32)
-    assert torch.isfinite(model.vision.encode_xray(torch.rand(1, 64, 64))[0]).all()
-
-
-@pytest.fixture(scope="module")
-def recovered_run(shards, stage1_run, s3_endpoint, s3_storage) -> Location:
-    """Stage 2 for 10 steps on S3 (the shards stay local) from stage 1's model, one of its
-    two workers killed (SIGKILL) once the controller has taken in a checkpoint;
-    max_failures=1 lets Ray Train replace it."""
-    run = resolve(f"s3://{new_bucket(s3_endpoint)}/runs/r1", s3_storage)
-    stage1_model = run.join("stage1", "model")
-    run.fs.put(str(stage1_run / "stage1" / "model") + "/", stage1_model.path + "/", recursive=True)
+def recovered_run(shards, submitted_stage1) -> Location:
+    """Stage 2 for 10 steps on S3 (the shards stay local), in the run of the submitted
+    stage 1, one of its two workers killed (SIGKILL) once the controller has taken in a
+    checkpoint; max_failures=1 lets Ray Train replace it."""
+    run = submitted_stage1.run
     config = settings(
         stages=mixed(steps=10),
         data=IN_MEMORY,
@@ -194,7 +132,7 @@ def test_a_killed_worker_is_replaced_and_the_run_on_s3_goes_on_from_its_checkpoi
     assert isinstance(
         generate(model, tokenizer, ids, mask, settings=GenerationSettings(max_new_tokens=4))[0], str
     )
-    runs = mlflow_runs(unpacked_mlruns(recovered_run, tmp_path))
+    runs = mlflow_runs(unpacked_mlruns(recovered_run, 2, tmp_path))
     # the replacement workers continued the same run: its state came from the checkpoint
     assert len(runs) == 1
     steps = metric_steps(runs[0], "loss")
@@ -235,7 +173,7 @@ def test_resume_goes_on_from_the_latest_checkpoint_and_a_nan_loss_stops_it_there
     assert resolve(kept, run.storage).join("state", "mp_rank_00_model_states.pt").exists()
     assert not run.join("stage2", "model").exists()  # no diverged model passed on to stage 3
     # the resumed stage logged into its own run
-    assert len(mlflow_runs(unpacked_mlruns(run, tmp_path / "mlruns"))) == 1
+    assert len(mlflow_runs(unpacked_mlruns(run, 2, tmp_path / "mlruns"))) == 1
 
 
 def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
