@@ -70,7 +70,17 @@ def ray_head(s3_storage: StorageSettings) -> Iterator[tuple[str, dict[str, str]]
         "AWS_ACCESS_KEY_ID": s3_storage.access_key_id,
         "AWS_SECRET_ACCESS_KEY": s3_storage.secret_access_key.get_secret_value(),
     }
-    env = {**os.environ, **credentials, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    # Ray 2.60 turns token authentication on for a head when a token file exists
+    # (~/.ray/auth_token, written by the first local Ray), but `ray job submit` sends the
+    # token only when RAY_AUTH_MODE says so: set for both, as a `ray.init` in this
+    # process would have set it
+    env = {
+        **os.environ,
+        **credentials,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_ADDRESS": "",
+        "RAY_AUTH_MODE": "token",
+    }
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
     start = [
