@@ -94,6 +94,13 @@ class P2MedModel(nn.Module):
         for transformer in (self.llm, self.vision.clip):
             transformer.activation_checkpointing_enable()
 
+    def use_attention(self, kind: str) -> None:
+        """Run the LLM's and CLIP's attention with transformers' `kind` (`attn_implementation`:
+        sdpa, eager, flash_attention_2, ...). A choice of kernel, not of weights, so it is not
+        saved with the model. Raises ImportError when the kernel's package is missing."""
+        for transformer in (self.llm, self.vision.clip):
+            transformer.set_attn_implementation(kind)
+
     def encode_images(self, images: Images) -> torch.Tensor:
         """Images -> what the LLM reads for them (P, N + K, D): their latents with the
         finding head's verdict (`FindingHead.hinted`), in placeholder reading order."""

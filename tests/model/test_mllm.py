@@ -220,3 +220,18 @@ def test_gradient_checkpointing_recomputes_the_layers_and_changes_no_gradient(to
     assert torch.allclose(loss, checkpointed_loss)
     for name, grad in grads.items():
         assert torch.allclose(grad, checkpointed_grads[name], atol=1e-6), name
+
+
+def test_the_attention_kernel_is_chosen_at_run_time_and_changes_no_output(tokenizer):
+    """`eager` instead of the default `sdpa`, in the LLM and in CLIP: the same loss."""
+    torch.manual_seed(0)
+    model = tiny(tokenizer).eval()
+    ids, mask = right_padded(tokenizer, MIXED_TEXTS)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    with torch.no_grad():
+        sdpa = model(ids, mask, labels, mixed_images()).loss
+        model.use_attention("eager")
+        eager = model(ids, mask, labels, mixed_images()).loss
+    kernels = {model.llm.config._attn_implementation, model.vision.clip.config._attn_implementation}
+    assert kernels == {"eager"}
+    assert torch.allclose(sdpa, eager, atol=1e-5)

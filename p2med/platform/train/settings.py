@@ -149,6 +149,11 @@ class ModelSettings(Settings):
     keeping them (less memory, about a third more compute); unset: on for `paper`, off for
     `tiny`, whose activations are small."""
 
+    attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
+    """The LLM's and CLIP's attention kernel (transformers' `attn_implementation`): `sdpa`
+    (torch's, on CPU and GPU), `eager`, or on GPUs with their package installed
+    `flash_attention_2` / `flash_attention_3` (bf16), `flex_attention`."""
+
     @property
     def checkpoints_activations(self) -> bool:
         """Whether training uses gradient checkpointing (`gradient_checkpointing`, resolved)."""

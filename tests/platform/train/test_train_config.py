@@ -1,5 +1,6 @@
 """Training settings: stage 2's vision steps are its own and must leave alignment steps;
-gradient checkpointing is on for the paper preset unless turned off."""
+gradient checkpointing is on for the paper preset unless turned off; the attention kernel
+is one transformers knows."""
 
 from __future__ import annotations
 
@@ -33,3 +34,9 @@ def test_only_stage_2_has_vision_steps():
 )
 def test_gradient_checkpointing_defaults_to_the_preset(overrides, checkpointing):
     assert load_config(TrainSettings, None, overrides).model.checkpoints_activations is checkpointing
+
+
+def test_an_unknown_attention_kernel_is_refused_naming_the_known_ones():
+    assert load_config(TrainSettings, None, ["model.attention=eager"]).model.attention == "eager"
+    with pytest.raises(ConfigError, match=r"model.attention.*'sdpa'.*'flash_attention_2'"):
+        load_config(TrainSettings, None, ["model.attention=flash2"])
