@@ -46,7 +46,7 @@ from p2med.platform.data.stage_datasets import corpus, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.storage import resolve
-from p2med.platform.train.loop import endless_batches, stage_loss
+from p2med.platform.train.loop import endless_batches
 from p2med.platform.train.settings import (
     AlignmentStageSettings,
     ScalingSettings,
@@ -55,6 +55,7 @@ from p2med.platform.train.settings import (
     TrackingSettings,
     TrainSettings,
 )
+from p2med.platform.train.step import stage_loss
 from p2med.platform.train.trainer import model_config_for, train
 
 BATCH = 8

@@ -46,9 +46,10 @@ from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.prompts import request_prompt
 from p2med.platform.data.tasks import IMAGE_TASKS
 from p2med.platform.storage import resolve
+from p2med.serve_apps.compute import Completion
 from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
-from p2med.serve_apps.models import Completion, imaging_for
+from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ServeSettings
 from p2med.serve_apps.uploads import decode_upload, upload_kind
 

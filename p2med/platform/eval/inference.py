@@ -12,15 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 
 from p2med.model.checkpoint import load_model
-from p2med.model.generation import GenerationSettings, encode_prompts, generate
-from p2med.model.interleave import MODALITIES, Images
-from p2med.platform.data.shards import decode_pixels
 from p2med.platform.data.tasks import TASKS
+from p2med.platform.eval.answering import Answering
 from p2med.platform.eval.benchmark import BenchSample
 from p2med.platform.eval.settings import InferenceSettings
 from p2med.platform.storage import StorageSettings, resolve
@@ -71,7 +68,7 @@ def _row(run: str, index: int, sample: BenchSample) -> dict[str, Any]:
 
 
 class Predictor:
-    """Ray Data actor: a batch of samples -> their answers."""
+    """Ray Data actor: a batch of samples -> their answers (`answering.Answering`)."""
 
     def __init__(
         self,
@@ -81,40 +78,16 @@ class Predictor:
         config: InferenceSettings,
     ) -> None:
         location = resolve(model_uri, storage)
-        self.model, self.tokenizer = load_model(location.uri, fs=location.fs, merge=True)
+        model, tokenizer = load_model(location.uri, fs=location.fs, merge=True)
         if config.gpus_per_replica > 0 and torch.cuda.is_available():
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            self.model = self.model.to("cuda", dtype)
-        self.shapes = shapes
-        self.settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+            model = model.to("cuda", dtype)
+        self.answering = Answering(model, tokenizer, shapes, config.max_new_tokens)
 
     def __call__(self, batch: Any) -> Any:
         """batch: a pandas DataFrame of `_row`s -> run, index, answer, failed."""
-        rows = batch.to_dict("records")
-        try:
-            answers = [(text, "") for text in self._generate(rows)]
-        except Exception:  # find which sample fails: answer the rest one by one
-            answers = [self._one(row) for row in rows]
+        answers = self.answering.answer(batch.to_dict("records"))
         batch = batch[["run", "index"]].copy()
         batch["answer"] = [text for text, _ in answers]
         batch["failed"] = [reason for _, reason in answers]
         return batch
-
-    def _one(self, row: dict[str, Any]) -> tuple[str, str]:
-        try:
-            return self._generate([row])[0], ""
-        except Exception as exc:  # recorded per sample; the message names shapes, never data
-            return "", f"{type(exc).__name__}: {exc}"
-
-    def _generate(self, rows: list[dict[str, Any]]) -> list[str]:
-        ids, mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows])
-        # an absent image is None, or NaN where pandas saw a column without any image
-        kinds = [[kind for kind in MODALITIES if isinstance(row[kind], bytes)] for row in rows]
-        stacked = {}
-        for kind in MODALITIES:
-            pixels = [
-                decode_pixels(row[kind], self.shapes[kind]) for row in rows if isinstance(row[kind], bytes)
-            ]
-            stacked[kind] = torch.from_numpy(np.stack(pixels)).to(self.model.device) if pixels else None
-        images = Images(kinds, xray=stacked["xray"], ct=stacked["ct"])
-        return generate(self.model, self.tokenizer, ids, mask, images, self.settings)

@@ -12,8 +12,9 @@ from p2med.model.presets import tiny
 from p2med.model.stages import apply_stage
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.vocabulary import FINDING_LABELS
-from p2med.platform.train.loop import endless_batches, length_sorted_parts, stage_loss
+from p2med.platform.train.loop import endless_batches
 from p2med.platform.train.settings import DataSettings, TrainSettings
+from p2med.platform.train.step import length_sorted_parts, stage_loss
 from tests.model.conftest import CORPUS, cts, right_padded, xrays
 
 FINDINGS = len(FINDING_LABELS)
