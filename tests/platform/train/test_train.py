@@ -67,7 +67,9 @@ def settings(steps: int = 4, **changes) -> TrainSettings:
 
 
 @pytest.fixture(scope="module")
-def shards(small_ingest) -> Path:
+def shards(small_ingest, ray_local) -> Path:
+    """The quick lane's shards; the session's local Ray is up before any training here
+    (else `train` would start one of its own, with the defaults of a user's run)."""
     return Path(small_ingest.shards.path)
 
 
