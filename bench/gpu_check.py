@@ -270,8 +270,7 @@ def _batch(config: ModelConfig, tokenizer, kinds: list[list[str]], text: int, de
     mask = torch.ones_like(ids)
     labels = ids.masked_fill(ids == image_id, IGNORE_INDEX)
     batch = {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: labels}
-    v, labels_k = config.vision, config.finding_labels
-    pixels = {"xray": (v.xray_size, v.xray_size), "ct": (v.ct_slices, v.ct_size, v.ct_size)}
+    labels_k, pixels = config.finding_labels, _image_shapes(config)
     for kind in MODALITIES:
         shown = torch.tensor([kind in k for k in kinds])
         batch[kind] = torch.rand(size, *pixels[kind], generator=generator)
@@ -291,10 +290,15 @@ def _train_step(engine, batch: dict, stage: int, vision_only: bool = False) -> s
     return f"loss {value:.3f}"
 
 
+def _image_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The pixel shape of one image of each kind: X-ray (S, S), CT (D, H, W)."""
+    v = config.vision
+    return {"xray": (v.xray_size, v.xray_size), "ct": (v.ct_slices, v.ct_size, v.ct_size)}
+
+
 def _pixels(config: ModelConfig, kinds: list[list[str]]) -> list[np.ndarray]:
     """One decoded image per sample's first kind, float32 in [0, 1], as uploads decode to."""
-    v, generator = config.vision, np.random.default_rng(1)
-    shape = {"xray": (v.xray_size, v.xray_size), "ct": (v.ct_slices, v.ct_size, v.ct_size)}
+    shape, generator = _image_shapes(config), np.random.default_rng(1)
     return [generator.random(shape[kind]).astype(np.float32) for shown in kinds for kind in shown]
 
 
@@ -356,8 +360,7 @@ def _refused(decoding: Decoding) -> None:
 
 
 def _answer(model: P2MedModel, tokenizer, config: ModelConfig) -> str:
-    v = config.vision
-    shapes = {"xray": (v.xray_size, v.xray_size), "ct": (v.ct_slices, v.ct_size, v.ct_size)}
+    shapes = _image_shapes(config)
     kinds = [k for mix in MIXES.values() for k in mix(2)]
     pixels = iter(_pixels(config, kinds))
     samples = []
