@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import deepspeed
+import pyarrow.fs
 import ray.train
 import ray.train.torch
 import torch
@@ -98,8 +99,7 @@ def train_loop(config: dict[str, Any]) -> None:
     step, history, run_id = 0, History(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            _, client = engine.load_checkpoint(folder, tag=STATE_TAG)
+        client = _restored(engine, checkpoint)
         step, history, run_id = client["step"], History(**client["history"]), client["run_id"]
         if rank == 0:
             print(f"train: stage {work.stage} resumes at step {step} from its latest checkpoint", flush=True)
@@ -247,6 +247,17 @@ def _report_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, fl
     with tempfile.TemporaryDirectory(prefix="p2med-ckpt-") as folder:
         engine.save_checkpoint(folder, tag=STATE_TAG, client_state=state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _restored(engine: Any, checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
+    """Loads this rank's DeepSpeed state from the checkpoint; returns the client state.
+    A remote checkpoint is copied into a folder of this rank's own: `as_directory` shares one
+    download folder per node, and a rank arriving after another's download has ended copies
+    the files again, in place, while the first one reads them (torch.load: EOFError)."""
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return engine.load_checkpoint(checkpoint.path, tag=STATE_TAG)[1]
+    with tempfile.TemporaryDirectory(prefix="p2med-restore-") as folder:
+        return engine.load_checkpoint(checkpoint.to_directory(folder), tag=STATE_TAG)[1]
 
 
 def _save_final_model(engine: Any, work: StageWork, rank: int) -> None:
