@@ -234,7 +234,8 @@ class Ingress:
     def __init__(self, vision: DeploymentHandle, llm: DeploymentHandle, settings: ServeSettings) -> None:
         self.vision, self.llm, self.llm_stream = vision, llm, llm.options(stream=True)
         self.settings = settings
-        self.keys = settings.keys()  # build_app refuses an app with none that is not open
+        # build_app wrote in the keys of its environment, and refuses an app with none that is not open
+        self.keys = {key.get_secret_value() for key in settings.api_keys}
         if settings.demo:
             self._mount_demo()
 

@@ -18,7 +18,9 @@ def start(settings: ServeSettings) -> str:
     """Deploy the app on `settings.host:port` and return its base URL once it answers."""
     app = build_app(settings)  # refuses a bad config before Ray starts
     ensure_ray()
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(
+        http_options={"host": settings.host, "port": settings.port}, proxy_location=settings.proxy_location
+    )
     serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://{settings.host}:{settings.port}"
 

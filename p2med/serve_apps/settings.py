@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
@@ -29,6 +29,8 @@ class ReplicaSettings(Settings):
     """Requests one replica takes at once; more wait in the caller's queue."""
     max_queued_requests: int = Field(64, ge=-1)
     """Requests that may wait for a replica; beyond this the app answers 503 (-1: no limit)."""
+    max_replicas_per_node: int | None = Field(None, ge=1)
+    """At most this many replicas on one node (1 spreads them over nodes: a lost node takes one)."""
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments of `Deployment.options` for these settings."""
@@ -42,6 +44,7 @@ class ReplicaSettings(Settings):
             },
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "max_replicas_per_node": self.max_replicas_per_node,
         }
 
 
@@ -85,11 +88,21 @@ class ServeSettings(Settings):
     ingress: ReplicaSettings = ReplicaSettings(max_ongoing_requests=64, max_queued_requests=128)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+    """Where Serve listens on `host:port`: on every node (behind a load balancer), or on the
+    head only (one entry point; also several Ray nodes on one machine, which share its ports)."""
 
     def keys(self) -> set[str]:
         """The accepted bearer keys: the configured ones and those of $P2MED_API_KEYS."""
         from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
         return {k.get_secret_value() for k in self.api_keys} | set(from_env)
+
+    def for_replicas(self) -> ServeSettings:
+        """These settings with what this process's environment adds (the API keys of
+        $P2MED_API_KEYS, the S3 settings of the AWS variables) written in: the replicas,
+        on whatever node, then need nothing from their own node's environment."""
+        keys = [SecretStr(key) for key in sorted(self.keys())]
+        return self.model_copy(update={"api_keys": keys, "storage": self.storage.resolved()})
 
     @property
     def max_request_bytes(self) -> int:

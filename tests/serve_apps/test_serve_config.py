@@ -34,6 +34,19 @@ def test_keys_come_from_the_config_and_the_environment(monkeypatch):
     assert ServeSettings(api_keys=["k1"]).keys() == {"k1", "k2", "k3"}
 
 
+def test_replicas_get_the_keys_and_s3_settings_of_the_environment_the_app_is_built_in(monkeypatch):
+    """A replica on a node whose environment holds neither still has both."""
+    builder = {"P2MED_API_KEYS": "k2", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}
+    for name, value in builder.items():
+        monkeypatch.setenv(name, value)
+    replica = ServeSettings(api_keys=["k1"]).for_replicas()
+    for name in builder:
+        monkeypatch.delenv(name)
+    assert {key.get_secret_value() for key in replica.api_keys} == {"k1", "k2"}
+    assert replica.storage.resolved().access_key_id == "id"
+    assert replica.storage.resolved().secret_access_key.get_secret_value() == "secret"
+
+
 def test_the_app_refuses_to_start_open_by_accident_or_on_a_bad_model(monkeypatch, model_dir, tmp_path):
     monkeypatch.delenv("P2MED_API_KEYS", raising=False)
     with pytest.raises(ConfigError, match="no API key"):

@@ -98,6 +98,9 @@ class ScalingSettings(Settings):
     """How long to wait for the cluster to offer the workers' resources before giving up."""
     max_failures: int = Field(2, ge=0)
     """Worker failures (a killed process, a lost node) to recover from, each time from the last checkpoint."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers over nodes: PACK fills a node first (the fastest collectives);
+    STRICT_SPREAD puts every worker on a node of its own (needs as many nodes as workers)."""
 
 
 class DeepSpeedSettings(Settings):

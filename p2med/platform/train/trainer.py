@@ -43,7 +43,7 @@ from p2med.platform.errors import P2MedError
 from p2med.platform.ray_runtime import ensure_ray
 from p2med.platform.storage import Location, check_writable
 from p2med.platform.train.loop import NAN_MARKER, StageWork, train_loop
-from p2med.platform.train.settings import TrainSettings
+from p2med.platform.train.settings import ScalingSettings, TrainSettings
 
 MODEL_DIR = "model"
 DATA_CPUS = 1  # kept free of training workers for the stage datasets' tasks
@@ -161,6 +161,7 @@ def _run_stage(
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker}
             | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}),
+            placement_strategy=scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name="ray",
@@ -272,7 +273,7 @@ def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
     return config.replace(vision=vision, finding_labels=len(FINDING_LABELS))
 
 
-def _wait_for_resources(scaling) -> None:
+def _wait_for_resources(scaling: ScalingSettings) -> None:
     """Fail with a clear message when the cluster cannot hold the workers, plus one CPU for
     the data pipeline's tasks, within the placement timeout (an autoscaling cluster may add
     nodes meanwhile). Without that CPU the workers wait forever for data."""
@@ -283,17 +284,28 @@ def _wait_for_resources(scaling) -> None:
     while True:
         have = ray.cluster_resources()
         short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        if scaling.placement_strategy == "STRICT_SPREAD" and nodes < scaling.workers:
+            short["nodes"] = scaling.workers
         if not short:
             return
         if time.monotonic() > deadline:
-            wanted = ", ".join(f"{v:g} {k}" for k, v in need.items())
-            has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+            has = {**have, "nodes": nodes}
+            missing = ", ".join(f"{v:g} {k} (the cluster has {has.get(k, 0):g})" for k, v in short.items())
             raise P2MedError(
-                f"the training workers and their data pipeline need {wanted} but the cluster has {has} "
-                f"(waited {scaling.placement_timeout_s:g} s); lower scaling.workers or "
-                "scaling.cpus_per_worker, or add nodes"
+                f"the training workers and their data pipeline need {missing}; "
+                f"waited {scaling.placement_timeout_s:g} s. {_fewer(short)}"
             )
         time.sleep(1.0)
+
+
+def _fewer(short: dict[str, float]) -> str:
+    """What to change when the cluster lacks `short`'s resources."""
+    if "GPU" in short:
+        return "Lower scaling.workers or scaling.gpus_per_worker, or add GPU nodes"
+    if "nodes" in short:
+        return "Lower scaling.workers, add nodes, or use another scaling.placement_strategy"
+    return "Lower scaling.workers or scaling.cpus_per_worker, or add nodes"
 
 
 def _check_previous_stage(output: Location, stage: int) -> None:
