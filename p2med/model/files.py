@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import fsspec
+from filelock import FileLock
 
 CACHE_ENV = "P2MED_MODEL_CACHE"
+COMPLETE = ".complete"  # written last into a cached copy
 # Files of a Hugging Face model folder that hold weights: what a tokenizer does not need.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
@@ -35,16 +39,29 @@ def remote(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> tuple[fsspe
 def cached_copy(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
     """A local folder with the contents of `uri`: the folder itself when local, else a
     copy under $P2MED_MODEL_CACHE (default ~/.cache/p2med/models) made on first use. For
-    pretrained bases, which do not change under one URI; checkpoints use `download`."""
+    pretrained bases, which do not change under one URI; checkpoints use `download`.
+
+    One copy per machine: the training ranks of a node all ask at once, and the first
+    copies while the others wait for it (a lock file). The copy is made in a folder of its
+    own and renamed into place, so no reader sees it half written, and an interrupted one
+    is made again."""
     if not is_remote(uri):
         return local_path(uri)
     root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "p2med" / "models"))
     target = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    done = target / ".complete"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        download(uri, str(target), fs)
-        done.touch()
+    if (target / COMPLETE).exists():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not (target / COMPLETE).exists():
+            partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=root))
+            try:
+                download(uri, str(partial), fs)
+                (partial / COMPLETE).touch()
+                shutil.rmtree(target, ignore_errors=True)  # what an interrupted copy left
+                partial.rename(target)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 

@@ -1,0 +1,34 @@
+"""Remote model folders on local disk: one cached copy per machine."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from fsspec.implementations.memory import MemoryFileSystem
+
+from p2med.model.files import CACHE_ENV, cached_copy
+
+
+class CountingMemory(MemoryFileSystem):
+    """fsspec's in-memory filesystem, counting folder downloads."""
+
+    downloads = 0
+
+    def get(self, *args, **kwargs):
+        type(self).downloads += 1
+        return super().get(*args, **kwargs)
+
+
+def test_the_ranks_of_a_machine_copy_a_remote_base_once(tmp_path, monkeypatch):
+    """Four ranks asking at once get one complete copy, made once (7B: 13.5 GB each time)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    CountingMemory.downloads = 0
+    fs = CountingMemory()
+    fs.pipe({"/base/config.json": b"{}", "/base/model.safetensors": bytes(16 << 20)})
+    with ThreadPoolExecutor(4) as ranks:
+        folders = list(ranks.map(lambda _: cached_copy("memory://base", fs), range(4)))
+    assert len(set(folders)) == 1 and CountingMemory.downloads == 1
+    assert sorted(os.listdir(folders[0])) == [".complete", "config.json", "model.safetensors"]
+    assert os.path.getsize(os.path.join(folders[0], "model.safetensors")) == 16 << 20
+    assert not [name for name in os.listdir(tmp_path / "cache") if ".partial-" in name]
