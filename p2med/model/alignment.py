@@ -15,9 +15,20 @@ multi-hot vector per image.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Verdict(NamedTuple):
+    """What the finding head makes of P images' latents. A named tuple: DeepSpeed ZeRO-3
+    finds the tensors a module returns in tuples, lists and dicts only, and re-gathers
+    the module's parameters for the backward pass through them."""
+
+    logits: torch.Tensor  # (P, K)
+    hinted: torch.Tensor  # (P, N + K, D): what the LLM reads for each image
 
 
 class FindingHead(nn.Module):
@@ -58,18 +69,18 @@ class FindingHead(nn.Module):
         nn.init.zeros_(self.hint.weight)
         nn.init.zeros_(self.hint.bias)
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (P, N, D) -> logits (P, K)."""
-        return self.classify(self.norm(latents).flatten(1))
-
-    def hinted(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (P, N, D) -> what the LLM reads for each image (P, N + K, D): the
-        latents plus the embedded verdict, then the K verdict slots. The LLM's loss reaches
-        the head through the verdict too (stage 3 tunes it that way)."""
-        probs = torch.sigmoid(self(latents))  # (P, K)
-        verdict = (probs > 0.5).to(probs.dtype) + probs - probs.detach()  # 0/1, d/dp = 1
-        slots = verdict[..., None] * (self.identity + self.presence)  # (P, K, D)
-        return torch.cat([latents + self.hint(verdict)[:, None, :], slots.to(latents.dtype)], 1)
+    def forward(self, latents: torch.Tensor) -> Verdict:
+        """latents (P, N, D) -> the logits (P, K) and what the LLM reads for each image
+        (P, N + K, D): the latents plus the embedded verdict, then the K verdict slots. The
+        LLM's loss reaches the head through the verdict too (stage 3 tunes it that way).
+        One call for both: under ZeRO-3 the head's own parameters are gathered for its
+        calls only."""
+        logits = self.classify(self.norm(latents).flatten(1))
+        probs = torch.sigmoid(logits)  # (P, K)
+        decided = (probs > 0.5).to(probs.dtype) + probs - probs.detach()  # 0/1, d/dp = 1
+        slots = decided[..., None] * (self.identity + self.presence)  # (P, K, D)
+        hinted = torch.cat([latents + self.hint(decided)[:, None, :], slots.to(latents.dtype)], 1)
+        return Verdict(logits, hinted)
 
     @torch.no_grad()
     def ground_slots(self, words: torch.Tensor) -> None:
@@ -81,13 +92,6 @@ class FindingHead(nn.Module):
                 f"words must be (labels, width) = {tuple(self.presence.shape)}; got {tuple(words.shape)}"
             )
         self.presence.copy_(words.to(self.presence.dtype))
-
-    def unused(self) -> torch.Tensor:
-        """A zero that depends on the weights only the LLM's loss trains (hint and slots),
-        for steps that do not run the LLM (every trainable parameter needs a gradient on
-        every rank under ZeRO-2)."""
-        verdict = [*self.hint.parameters(), self.identity, self.presence]
-        return sum(p.sum() for p in verdict) * 0.0
 
 
 def finding_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

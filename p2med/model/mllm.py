@@ -59,6 +59,13 @@ class P2MedModel(nn.Module):
         self.llm = llm
         self.alignment = FindingHead(config.resampler.latents, llm.config.hidden_size, config.finding_labels)
         self.image_token_id = image_token_id
+        # where the model is and in what dtype, read without touching a parameter (under
+        # ZeRO-3 a parameter outside its module's call is an empty partition)
+        self.register_buffer("placement", torch.zeros(1), persistent=False)
+        # Set for ZeRO-3 training: every rank then encodes an image of each kind on every
+        # step, a blank one for a kind its batch lacks, since ZeRO-3 gathers each module's
+        # parameters when it is called, in a collective every rank must join in the same order
+        self.same_calls_on_every_rank = False
 
     @property
     def context_length(self) -> int:
@@ -103,8 +110,8 @@ class P2MedModel(nn.Module):
 
     def encode_images(self, images: Images) -> torch.Tensor:
         """Images -> what the LLM reads for them (P, N + K, D): their latents with the
-        finding head's verdict (`FindingHead.hinted`), in placeholder reading order."""
-        return self.alignment.hinted(self._resampled(images))
+        finding head's verdict (`Verdict.hinted`), in placeholder reading order."""
+        return self.alignment(self._resampled(images)).hinted
 
     def _resampled(self, images: Images) -> torch.Tensor:
         """Images -> resampled latents in the LLM's width (P, N, D), in placeholder reading order.
@@ -115,12 +122,16 @@ class P2MedModel(nn.Module):
         parameter of the vision path (`_vision_anchor`), so that in distributed training
         every trainable parameter gets a gradient on every rank (DeepSpeed ZeRO-2 reduces
         gradients in buckets that must match across ranks), whatever mix of X-rays, CTs
-        and text its batch holds."""
+        and text its batch holds. With `same_calls_on_every_rank` (ZeRO-3) a blank image
+        of each missing kind is encoded instead, its latents added times zero."""
         shown = [kind for kinds in images.kinds for kind in kinds]
+        blanks = self.same_calls_on_every_rank and torch.is_grad_enabled() and self._vision_trains()
         encoded = {
-            kind: self.resampler(*self.vision(getattr(images, kind), kind))
+            kind: self.resampler(
+                *self.vision(getattr(images, kind) if kind in shown else self._blank(kind), kind)
+            )
             for kind in MODALITIES
-            if kind in shown
+            if kind in shown or blanks
         }
         taken = dict.fromkeys(encoded, 0)
         picked = []
@@ -132,9 +143,20 @@ class P2MedModel(nn.Module):
         else:
             shape = (0, self.config.resampler.latents, self.resampler.projection.out_features)
             latents = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        if len(encoded) < len(MODALITIES) and torch.is_grad_enabled():
+        if blanks:
+            latents = latents + sum(encoded[kind].sum() for kind in MODALITIES if kind not in shown) * 0.0
+        elif len(encoded) < len(MODALITIES) and torch.is_grad_enabled():
             latents = latents + self._vision_anchor()
         return latents
+
+    def _vision_trains(self) -> bool:
+        return any(p.requires_grad for p in (*self.vision.parameters(), *self.resampler.parameters()))
+
+    def _blank(self, kind: str) -> torch.Tensor:
+        """One black image of `kind` at the model's input size: (1, S, S) or (1, D, H, W)."""
+        v = self.config.vision
+        shape = (1, v.xray_size, v.xray_size) if kind == "xray" else (1, v.ct_slices, v.ct_size, v.ct_size)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def _vision_anchor(self) -> torch.Tensor:
         """A zero that depends on every trainable parameter of the encoder and resampler."""
@@ -156,7 +178,7 @@ class P2MedModel(nn.Module):
                 up, images of the wrong shape, or a sequence longer than the LLM's context.
         """
         latents = self._resampled(self._checked(input_ids, attention_mask, images))
-        return self._interleaved(input_ids, attention_mask, labels, latents, align)
+        return self._interleaved(input_ids, attention_mask, labels, self.alignment(latents).hinted, align)
 
     def embed_encoded(
         self,
@@ -217,12 +239,11 @@ class P2MedModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None,
-        latents: torch.Tensor,
+        hinted: torch.Tensor,
         align: Literal["right", "left"] = "right",
     ) -> Interleaved:
-        """The text's embeddings with each image's latents (P, N, D), hinted (N + K), in its slots."""
+        """The text's embeddings with what the LLM reads for each image (P, N + K, D) in its slots."""
         embed = self.llm.get_input_embeddings()
-        hinted = self.alignment.hinted(latents)
         return interleave(input_ids, attention_mask, labels, hinted, self.image_token_id, embed, align)
 
     def forward(
@@ -241,10 +262,12 @@ class P2MedModel(nn.Module):
         alone, without running the LLM (stage 2's vision steps)."""
         if not read_text and findings is None:
             raise ValueError("read_text=False computes the finding loss only, so it needs findings")
-        latents = self._resampled(self._checked(input_ids, attention_mask, images))
+        verdict = self.alignment(self._resampled(self._checked(input_ids, attention_mask, images)))
         if not read_text:
-            return P2MedOutput(finding_loss=self._finding_loss(latents, findings) + self.alignment.unused())
-        x = self._interleaved(input_ids, attention_mask, labels, latents)
+            # the weights only the LLM's loss trains (hint, slots) still get a (zero) gradient
+            unused = verdict.hinted.sum() * 0.0
+            return P2MedOutput(finding_loss=self._finding_loss(verdict.logits, findings) + unused)
+        x = self._interleaved(input_ids, attention_mask, labels, verdict.hinted)
         if x.labels is not None:
             result = P2MedOutput(loss=self._next_token_loss(x))
         else:
@@ -256,7 +279,7 @@ class P2MedModel(nn.Module):
             )
             result = P2MedOutput(logits=out.logits)
         if findings is not None:
-            result.finding_loss = self._finding_loss(latents, findings)
+            result.finding_loss = self._finding_loss(verdict.logits, findings)
         return result
 
     def _next_token_loss(self, x: Interleaved) -> torch.Tensor:
@@ -280,19 +303,19 @@ class P2MedModel(nn.Module):
             return causal.lm_head(hidden[:, :1]).sum() * 0.0
         return nn.functional.cross_entropy(logits.float(), targets[labelled])
 
-    def _finding_loss(self, latents: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-        """latents (P, N, D), findings (P, K) multi-hot or NaN -> the finding head's loss."""
-        if findings.shape != (len(latents), self.config.finding_labels):
+    def _finding_loss(self, logits: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+        """The head's logits (P, K), findings (P, K) multi-hot or NaN -> the finding head's loss."""
+        if findings.shape != (len(logits), self.config.finding_labels):
             raise ValueError(
                 f"findings must be (images, {self.config.finding_labels}) = "
-                f"({len(latents)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
+                f"({len(logits)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
             )
-        return finding_loss(self.alignment(latents), findings)
+        return finding_loss(logits, findings)
 
     @property
     def device(self) -> torch.device:
-        return self.resampler.latents.device
+        return self.placement.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.resampler.latents.dtype
+        return self.placement.dtype

@@ -29,7 +29,7 @@ def test_unlabelled_images_carry_no_loss():
     logits = torch.tensor([[5.0, -5.0, 5.0], [-9.0, 9.0, -9.0]])
     assert torch.isclose(finding_loss(logits, targets), finding_loss(logits[:1], targets[:1]))
     head = FindingHead(latents=2, width=4, labels=3)
-    loss = finding_loss(head(torch.randn(1, 2, 4)), torch.full((1, 3), math.nan))
+    loss = finding_loss(head(torch.randn(1, 2, 4)).logits, torch.full((1, 3), math.nan))
     assert loss.item() == 0.0
     loss.backward()
     assert head.classify.weight.grad is not None
@@ -56,8 +56,8 @@ def test_the_head_reads_every_latent_position():
     torch.manual_seed(0)
     head = FindingHead(latents=4, width=8, labels=3)
     latents = torch.randn(1, 4, 8)
-    assert head(latents).shape == (1, 3)
-    assert not torch.allclose(head(latents), head(latents[:, [1, 0, 2, 3]]))
+    assert head(latents).logits.shape == (1, 3)
+    assert not torch.allclose(head(latents).logits, head(latents[:, [1, 0, 2, 3]]).logits)
 
 
 def test_the_verdict_reaches_the_llm_through_the_hint_and_the_slots():
@@ -68,20 +68,20 @@ def test_the_verdict_reaches_the_llm_through_the_hint_and_the_slots():
     torch.manual_seed(0)
     head = FindingHead(latents=4, width=8, labels=3)
     latents = torch.randn(2, 4, 8)
-    probs = torch.sigmoid(head(latents))
+    probs = torch.sigmoid(head(latents).logits)
     decided = (probs > 0.5).float()
     assert 0 < decided.sum() < decided.numel()  # both decisions occur
-    read = head.hinted(latents)
+    read = head(latents).hinted
     assert read.shape == (2, 4 + 3, 8) and torch.equal(read[:, :4], latents)
     slots = decided[..., None] * (head.identity + head.presence)
     assert torch.allclose(read[:, 4:], slots, atol=1e-6)
     assert torch.equal(read[:, 4:][decided == 0], torch.zeros(int((decided == 0).sum()), 8))
     assert not torch.allclose(read[0, 4:], read[1, 4:])  # each image its own verdict
     torch.nn.init.normal_(head.hint.weight)
-    added = head.hinted(latents)[:, :4] - latents
+    added = head(latents).hinted[:, :4] - latents
     expected = head.hint(decided)
     assert torch.allclose(added, expected[:, None, :].expand_as(added), atol=1e-6)
-    head.hinted(latents).sum().backward()
+    head(latents).hinted.sum().backward()
     verdict = (head.classify.weight, head.hint.weight, head.identity, head.presence)
     assert all(p.grad.abs().sum() > 0 for p in verdict)
 

@@ -73,6 +73,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     model = _initial_model(work)
     model.use_attention(settings.model.attention)
+    model.same_calls_on_every_rank = settings.deepspeed.zero_stage == 3
     plan = apply_stage(model, work.stage)
     if settings.model.checkpoints_activations:
         model.enable_gradient_checkpointing()

@@ -77,15 +77,6 @@ def train(
     if resume and not has_progress(output, stages):
         raise P2MedError(f"resume=true but {output.uri} holds no run of stage {stages[0]} to resume")
     _check_previous_stage(output, stages[0])
-    if settings.deepspeed.zero_stage == 3 and stages != [1]:
-        # Seen with 2 gloo ranks: once the ranks' batches hold different image kinds, their
-        # parameter all-gathers stop matching ("Received data size doesn't match expected
-        # size") and the workers abort. Refused here rather than failing mid-run.
-        raise P2MedError(
-            "deepspeed.zero_stage=3 trains stage 1 only in this version: in stages 2 and 3, "
-            "workers whose batches hold different image kinds fall out of step under ZeRO-3; "
-            "use deepspeed.zero_stage=2 (ZeRO-2 splits gradients and optimizer state)"
-        )
     ensure_ray()
     summary = TrainSummary(output.uri)
     with tempfile.TemporaryDirectory(prefix="p2med-train-") as scratch:

@@ -30,7 +30,7 @@ from p2med.platform.train.settings import (
     TrainSettings,
 )
 from p2med.platform.train.trainer import train
-from tests.platform.train.conftest import mlflow_runs, unpacked_mlruns
+from tests.platform.train.conftest import STAGE2_STEPS, mlflow_runs, unpacked_mlruns
 
 pytestmark = pytest.mark.slow
 
@@ -81,24 +81,26 @@ def poisoned_copy(shards: Path, target: Path) -> Path:
 def test_resume_goes_on_from_the_latest_checkpoint_and_a_nan_loss_stops_it_there(
     shards, cluster_run, tmp_path
 ):
-    """A copy of the cluster's run (stage 2 on S3, checkpoints up to step 10) stopped
-    before its end, resumed to step 12 on images whose pixels are all NaN: it goes on at
-    step 11, in the same MLflow run, where the loss diverges at once. One fit for both
-    checks: each Ray Train fit costs tens of seconds of start-up."""
+    """A copy of the cluster's run (stage 2 on S3 under ZeRO-3, checkpoints up to its last
+    step) stopped before its end, resumed for two more steps on images whose pixels are all
+    NaN: it goes on at the next step, in the same MLflow run, where the loss diverges at
+    once. One fit for both checks: each Ray Train fit costs tens of seconds of start-up."""
     job = cluster_run.run
     run = resolve(job.uri.rsplit("/", 1)[0] + "/resumed", job.storage)
     for part in ("tokenizer", "stage1", "stage2", "mlruns"):
         job.fs.copy(job.join(part).path + "/", run.join(part).path + "/", recursive=True)
     run.join("stage2", "model").remove()  # as if the run had stopped at its last checkpoint
     bad = poisoned_copy(shards, tmp_path / "poisoned")
-    config = settings(stages=mixed(steps=12), data=IN_MEMORY)
-    diverged = r"NaN or infinite at step 11.*last good checkpoint \(step 10\)"  # not at step 1
+    zero3 = DeepSpeedSettings(zero_stage=3)
+    config = settings(stages=mixed(steps=STAGE2_STEPS + 2), data=IN_MEMORY, deepspeed=zero3)
+    last = STAGE2_STEPS
+    diverged = rf"NaN or infinite at step {last + 1}.*last good checkpoint \(step {last}\)"  # not at step 1
     with pytest.raises(P2MedError, match=diverged) as error:
         train(resolve(str(bad)), run, config, [2], resume=True)
 
     kept = str(error.value).split(" is ")[1].split(";")[0]
     assert kept.startswith(run.join("stage2", "ray").uri + "/checkpoint_")
-    assert resolve(kept, run.storage).join("state", "mp_rank_00_model_states.pt").exists()
+    assert resolve(kept, run.storage).join("state", "zero_pp_rank_1_mp_rank_00_model_states.pt").exists()
     assert not run.join("stage2", "model").exists()  # no diverged model passed on to stage 3
     # the resumed stage logged into its own run
     assert len(mlflow_runs(unpacked_mlruns(run, 2, tmp_path / "mlruns"))) == 1
@@ -122,10 +124,6 @@ def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
 
     with pytest.raises(P2MedError, match=r"resume=true but .* holds no run of stage 1"):
         train(resolve(str(shards)), resolve(str(tmp_path / "empty")), settings(), [1], resume=True)
-
-    zero3 = settings(deepspeed=DeepSpeedSettings(zero_stage=3))
-    with pytest.raises(P2MedError, match="zero_stage=3 trains stage 1 only"):
-        train(resolve(str(shards)), resolve(str(tmp_path / "run")), zero3, [1, 2], resume=False)
 
     # refused once the placement timeout has passed (not after training would wait forever)
     too_many = settings(scaling=ScalingSettings(workers=4, cpus_per_worker=1, placement_timeout_s=1))
