@@ -118,12 +118,12 @@ def _train_killing_a_worker(cluster: Cluster, command: list[str], run: Location)
     deadline = time.monotonic() + 600
     while not registered_checkpoint(snapshot) and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.5)
-    time.sleep(1)  # past the controller's next poll of the workers (tests/conftest.py sets its interval)
-    workers = [
-        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert workers, "no training worker found to kill"
-    os.kill(workers[-1].pid, signal.SIGKILL)
+    if thread.is_alive():  # else the job has ended early: its output below says why
+        time.sleep(1)  # past the controller's next poll of the workers (tests/conftest.py sets its interval)
+        processes = psutil.process_iter(["cmdline"])
+        workers = [p for p in processes if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        assert workers, "no training worker found to kill"
+        os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(timeout=900)
     done = outcome["done"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
