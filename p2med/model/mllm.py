@@ -150,7 +150,10 @@ class P2MedModel(nn.Module):
         return latents
 
     def _vision_trains(self) -> bool:
-        return any(p.requires_grad for p in (*self.vision.parameters(), *self.resampler.parameters()))
+        return bool(self._trainable_vision_path())
+
+    def _trainable_vision_path(self) -> list[nn.Parameter]:
+        return [p for p in (*self.vision.parameters(), *self.resampler.parameters()) if p.requires_grad]
 
     def _blank(self, kind: str) -> torch.Tensor:
         """One black image of `kind` at the model's input size: (1, S, S) or (1, D, H, W)."""
@@ -160,8 +163,8 @@ class P2MedModel(nn.Module):
 
     def _vision_anchor(self) -> torch.Tensor:
         """A zero that depends on every trainable parameter of the encoder and resampler."""
-        trainable = [p for p in (*self.vision.parameters(), *self.resampler.parameters()) if p.requires_grad]
-        return sum((p.sum() for p in trainable), torch.zeros((), dtype=self.dtype, device=self.device)) * 0.0
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        return sum((p.sum() for p in self._trainable_vision_path()), zero) * 0.0
 
     def embed(
         self,
