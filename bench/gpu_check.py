@@ -69,6 +69,7 @@ from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
 from p2med.platform.data.shards import encode_pixels
 from p2med.platform.eval.answering import Answering
 from p2med.platform.train.deepspeed_config import deepspeed_config
+from p2med.platform.train.native_ops import use_installed_ninja
 from p2med.platform.train.settings import DeepSpeedSettings
 from p2med.platform.train.step import stage_loss
 from p2med.serve_apps.compute import Completion, Decoding, ImageEncoding, Request
@@ -205,6 +206,7 @@ def _start_process_group() -> torch.device:
     for key, value in (env | {"LOCAL_RANK": "0"}).items():
         os.environ.setdefault(key, value)
     cuda = torch.cuda.is_available()
+    use_installed_ninja()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     return torch.device("cuda", 0) if cuda else torch.device("cpu")
 

@@ -72,6 +72,8 @@ fi
 echo "setup: building DeepSpeed's CPU shared-memory op (once per machine)"
 "$VENV/bin/python" -c "
 from deepspeed.accelerator import get_accelerator
+from p2med.platform.train.native_ops import use_installed_ninja
+use_installed_ninja()  # the ninja the jobs build with
 builder = get_accelerator().create_op_builder('ShareMemCommBuilder')
 if builder is not None:
     builder.load(verbose=False)

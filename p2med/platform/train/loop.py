@@ -24,6 +24,7 @@ from typing import Any
 
 import deepspeed
 import pyarrow.fs
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -37,6 +38,7 @@ from p2med.model.stages import apply_stage
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.storage import StorageSettings, resolve
 from p2med.platform.train.deepspeed_config import deepspeed_config
+from p2med.platform.train.native_ops import use_installed_ninja
 from p2med.platform.train.settings import TrainSettings
 from p2med.platform.train.step import stage_loss
 from p2med.platform.train.tracking import History, Tracker, TrackingStore
@@ -60,8 +62,9 @@ class StageWork:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: config = {"work": StageWork}."""
-    work: StageWork = config["work"]
+    """Ray Train's `train_loop_per_worker`: config = {"work": ObjectRef of the StageWork}."""
+    work: StageWork = ray.get(config["work"])
+    use_installed_ninja()
     # DeepSpeed's ZeRO-2 gathers with a call torch 2.13 deprecates: a console line every step
     warnings.filterwarnings(
         "ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning

@@ -146,7 +146,9 @@ def _run_stage(
     _wait_for_resources(scaling)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"work": work},
+        # by reference: Ray Train's controller unpickles the loop's config, and a StageWork
+        # would import the training stack there (DeepSpeed, peft) before it asks for workers
+        train_loop_config={"work": ray.put(work)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,
