@@ -57,6 +57,7 @@ class Cluster:
     address: str  # the head's GCS address (RAY_ADDRESS of a driver that joins)
     dashboard: str  # its dashboard's URL (where jobs are submitted)
     env: dict[str, str]  # the head's environment: the operator's shell, S3 credentials included
+    pids: list[int]  # the `ray start` processes of its nodes, parents of all its processes
 
 
 @dataclass
@@ -120,8 +121,12 @@ def _train_killing_a_worker(cluster: Cluster, command: list[str], run: Location)
         time.sleep(0.5)
     if thread.is_alive():  # else the job has ended early: its output below says why
         time.sleep(1)  # past the controller's next poll of the workers (tests/conftest.py sets its interval)
-        processes = psutil.process_iter(["cmdline"])
-        workers = [p for p in processes if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        workers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            and any(parent.pid in cluster.pids for parent in p.parents())  # not another Ray's
+        ]
         assert workers, "no training worker found to kill"
         os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(timeout=900)
@@ -242,13 +247,14 @@ def two_nodes(s3_storage: StorageSettings) -> Iterator[Cluster]:
     ]  # fmt: skip
     nodes = [_start_node(head, temp_dir, head_env)]
     address = f"127.0.0.1:{gcs}"
-    cluster = Cluster(address, f"http://127.0.0.1:{dashboard}", head_env)
+    cluster = Cluster(address, f"http://127.0.0.1:{dashboard}", head_env, [nodes[0].pid])
     try:
         deadline = time.monotonic() + 120
         while not _answers(f"{cluster.dashboard}/api/version"):
             assert nodes[0].poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
             time.sleep(1)
         nodes.append(_start_node([f"--address={address}", "--num-cpus=1"], temp_dir, bare))
+        cluster.pids.append(nodes[1].pid)
         while len(_state(cluster, "nodes", "state=ALIVE")) < 2:
             assert nodes[1].poll() is None and time.monotonic() < deadline, "the second node did not join"
             time.sleep(1)
