@@ -59,9 +59,13 @@ def save_model(
 
 
 def load_model(
-    uri: str, fs: fsspec.AbstractFileSystem | None = None, merge: bool = False
+    uri: str,
+    fs: fsspec.AbstractFileSystem | None = None,
+    merge: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[P2MedModel, Any]:
-    """The model and tokenizer saved at `uri`, in eval mode; `merge` folds LoRA into the LLM.
+    """The model and tokenizer saved at `uri`, in eval mode, on `device` (default: the CPU;
+    the LLM's weights are read straight onto it); `merge` folds LoRA into the LLM.
 
     Raises:
         FileNotFoundError: the folder or a part of it is missing (named).
@@ -69,8 +73,8 @@ def load_model(
     if is_remote(uri):
         with tempfile.TemporaryDirectory(prefix="p2med-load-") as local:
             download(uri, local, fs)
-            return _read(Path(local), uri, fs, merge)
-    return _read(Path(local_path(uri)), uri, fs, merge)
+            return _read(Path(local), uri, fs, merge, device)
+    return _read(Path(local_path(uri)), uri, fs, merge, device)
 
 
 def merge_lora(model: P2MedModel) -> P2MedModel:
@@ -129,12 +133,14 @@ def _checked_config(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> Model
 
 
 def _read(
-    folder: Path, uri: str, fs: fsspec.AbstractFileSystem | None, merge: bool
+    folder: Path, uri: str, fs: fsspec.AbstractFileSystem | None, merge: bool, device: torch.device | None
 ) -> tuple[P2MedModel, Any]:
     config = _checked_config(fsspec.filesystem("file"), str(folder), uri)
     has_llm = (folder / LLM_CONFIG).exists()
     tokenizer = load_tokenizer(folder / "tokenizer")
-    model = build_model(config, tokenizer, fs, llm_folder=str(folder / "llm") if has_llm else None)
+    model = build_model(
+        config, tokenizer, fs, llm_folder=str(folder / "llm") if has_llm else None, device=device
+    )
     _load_part(model.resampler, folder / "resampler.safetensors")
     _load_part(model.alignment, folder / "alignment.safetensors")
     clip_from_base = config.vision.pretrained and "vision" not in config.trained

@@ -38,9 +38,10 @@ def new_llama(
     return LlamaForCausalLM(llama_config(config, vocab_size, pad_token_id, bos_token_id, eos_token_id))
 
 
-def load_llama(directory: str, dtype: torch.dtype) -> LlamaForCausalLM:
-    """A LLaMA from a local Hugging Face folder."""
-    return LlamaForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+def load_llama(directory: str, dtype: torch.dtype, device: torch.device | None = None) -> LlamaForCausalLM:
+    """A LLaMA from a local Hugging Face folder, its weights read straight onto `device`
+    (default: the CPU)."""
+    return LlamaForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True, device_map=device)
 
 
 def add_lora(llm: LlamaForCausalLM, settings: LoraConfig) -> PeftModel:

@@ -90,10 +90,12 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     fs: fsspec.AbstractFileSystem | None = None,
     llm_folder: str | None = None,
+    device: torch.device | None = None,
 ) -> P2MedModel:
     """The model `config` describes, with pretrained parts read from their folders (local
-    or remote) and everything else randomly initialised. `llm_folder` (a checkpoint's own
-    LLaMA) overrides where the LLM comes from.
+    or remote) and everything else randomly initialised, on `device` (default: the CPU).
+    `llm_folder` (a checkpoint's own LLaMA) overrides where the LLM comes from. Pretrained
+    weights are read straight onto the device: a rank never holds a 7B base in CPU memory.
 
     Raises:
         ValueError: the tokenizer has no `<image>` token.
@@ -106,11 +108,11 @@ def build_model(
     dtype = getattr(torch, config.dtype)
     if config.vision.pretrained:
         folder = cached_copy(config.vision.pretrained, fs)
-        clip = CLIPVisionModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        clip = CLIPVisionModel.from_pretrained(folder, dtype=dtype, local_files_only=True, device_map=device)
     else:
         clip = CLIPVisionModel(clip_config(config.vision))
     if llm_folder or config.llm.pretrained:
-        llm = load_llama(llm_folder or cached_copy(config.llm.pretrained, fs), dtype)
+        llm = load_llama(llm_folder or cached_copy(config.llm.pretrained, fs), dtype, device)
     else:
         vocab = max(len(tokenizer), image_token_id + 1)
         config = config.replace(vocab_size=vocab)
@@ -120,7 +122,7 @@ def build_model(
         llm = add_lora(llm, config.llm.lora)
     vision = VisionEncoder(config.vision, clip)
     resampler = PerceiverResampler(config.resampler, vision.width, llm.config.hidden_size)
-    return P2MedModel(config, vision, resampler, llm, image_token_id).to(dtype)
+    return P2MedModel(config, vision, resampler, llm, image_token_id).to(device=device, dtype=dtype)
 
 
 def tiny(tokenizer: PreTrainedTokenizerBase) -> P2MedModel:

@@ -35,9 +35,8 @@ def load_served_model(settings: ServeSettings, replica: ModelDeploymentSettings)
     """The model (LoRA merged, eval mode, on this replica's GPU if it has one) and tokenizer."""
     torch.set_num_threads(max(1, int(replica.num_cpus)))
     location = resolve(settings.model, settings.storage)
-    model, tokenizer = load_model(location.uri, fs=location.fs, merge=True)
-    if replica.num_gpus > 0 and torch.cuda.is_available():
-        model = model.to("cuda")
+    device = torch.device("cuda") if replica.num_gpus > 0 and torch.cuda.is_available() else None
+    model, tokenizer = load_model(location.uri, fs=location.fs, merge=True, device=device)
     return model.eval(), tokenizer
 
 

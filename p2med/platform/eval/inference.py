@@ -78,10 +78,11 @@ class Predictor:
         config: InferenceSettings,
     ) -> None:
         location = resolve(model_uri, storage)
-        model, tokenizer = load_model(location.uri, fs=location.fs, merge=True)
-        if config.gpus_per_replica > 0 and torch.cuda.is_available():
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            model = model.to("cuda", dtype)
+        cuda = config.gpus_per_replica > 0 and torch.cuda.is_available()
+        device = torch.device("cuda") if cuda else None
+        model, tokenizer = load_model(location.uri, fs=location.fs, merge=True, device=device)
+        if cuda:
+            model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         self.answering = Answering(model, tokenizer, shapes, config.max_new_tokens)
 
     def __call__(self, batch: Any) -> Any:

@@ -74,7 +74,8 @@ def train_loop(config: dict[str, Any]) -> None:
     settings, stage_settings = work.settings, work.settings.stages.of(work.stage)
     torch.manual_seed(work.settings.seed)  # identical initial weights on every rank
 
-    model = _initial_model(work)
+    device = ray.train.torch.get_device()
+    model = _initial_model(work, device)
     model.use_attention(settings.model.attention)
     model.same_calls_on_every_rank = settings.deepspeed.zero_stage == 3
     plan = apply_stage(model, work.stage)
@@ -82,7 +83,6 @@ def train_loop(config: dict[str, Any]) -> None:
         model.enable_gradient_checkpointing()
     if rank == 0:
         print(f"train: {plan.describe()}", flush=True)
-    device = ray.train.torch.get_device()
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -200,13 +200,15 @@ def validate(engine: Any, batches: list[dict[str, torch.Tensor]], work: StageWor
     return total / count if count else float("nan")
 
 
-def _initial_model(work: StageWork) -> Any:
+def _initial_model(work: StageWork, device: torch.device) -> Any:
+    """The stage's starting model on this rank's device: stage 1 builds it (pretrained bases
+    read straight onto the device), later stages load the previous stage's."""
     if work.init_model is None:
         config = work.model_config
         remote = [p for p in (config.llm.pretrained, config.vision.pretrained) if p and "://" in p]
         fs = resolve(remote[0], work.storage).fs if remote else None  # one S3 setting for all bases
-        return build_model(config, work.tokenizer, fs)
-    model, _ = load_model(work.init_model, fs=resolve(work.init_model, work.storage).fs)
+        return build_model(config, work.tokenizer, fs, device=device)
+    model, _ = load_model(work.init_model, fs=resolve(work.init_model, work.storage).fs, device=device)
     if work.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
         model.ground_verdict_slots([finding.phrase() for finding in FINDING_LABELS], work.tokenizer)
     return model.train()

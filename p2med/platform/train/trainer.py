@@ -31,6 +31,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from p2med.model.checkpoint import check_model_folder
 from p2med.model.config import ModelConfig
 from p2med.model.files import copy_without_weights
 from p2med.model.presets import PRESETS
@@ -302,11 +303,25 @@ def _fewer(short: dict[str, float]) -> str:
 
 
 def _check_previous_stage(output: Location, stage: int) -> None:
+    """Stage N > 1 starts from stage N-1's model: it must be there, with its LoRA adapters
+    (a model with LoRA merged into the LLM, as eval and serving load it, has none: training
+    it would leave the adapters out and, under ZeRO-3, gather and save the whole LLM)."""
+    if stage == 1:
+        return
     previous = output.join(f"stage{stage - 1}", MODEL_DIR)
-    if stage > 1 and not previous.join("p2med_config.json").exists():
+    if not previous.join("p2med_config.json").exists():
         raise P2MedError(
             f"stage {stage} starts from stage {stage - 1}'s model, but {previous.uri} holds none; "
             f"train stage {stage - 1} into {output.uri} first (or stage=all)"
+        )
+    try:
+        merged = check_model_folder(previous.uri, previous.fs).merged
+    except FileNotFoundError as incomplete:
+        raise P2MedError(f"stage {stage} cannot start from stage {stage - 1}'s model: {incomplete}") from None
+    if merged:
+        raise P2MedError(
+            f"stage {stage} starts from {previous.uri}, a model with its LoRA merged into the LLM; "
+            f"training needs the adapters: put stage {stage - 1}'s unmerged model there"
         )
 
 

@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from p2med.model.checkpoint import merge_lora, save_model
+from p2med.model.presets import tiny
+from p2med.model.tokenizer import train_bpe_tokenizer
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
 from p2med.platform.train.settings import (
@@ -121,6 +124,16 @@ def test_bad_inputs_are_refused_before_any_training(shards, tmp_path):
 
     with pytest.raises(P2MedError, match="stage 2 starts from stage 1's model"):
         train(resolve(str(shards)), resolve(str(tmp_path / "run")), settings(), [2], resume=False)
+
+    # a serving export (LoRA merged into the LLM) where stage 1's model belongs
+    merged = tmp_path / "merged-run"
+    tokenizer = train_bpe_tokenizer(["Findings: clear lungs. Impression: normal."] * 20, vocab_size=300)
+    save_model(merge_lora(tiny(tokenizer)), tokenizer, str(merged / "stage1" / "model"))
+    with pytest.raises(P2MedError, match=r"stage 2 starts from .*stage1/model, a model with its LoRA merged"):
+        train(resolve(str(shards)), resolve(str(merged)), settings(), [2], resume=False)
+    (merged / "stage1" / "model" / "resampler.safetensors").unlink()
+    with pytest.raises(P2MedError, match=r"from stage 1's model: .* incomplete: missing resampler"):
+        train(resolve(str(shards)), resolve(str(merged)), settings(), [2], resume=False)
 
     with pytest.raises(P2MedError, match=r"resume=true but .* holds no run of stage 1"):
         train(resolve(str(shards)), resolve(str(tmp_path / "empty")), settings(), [1], resume=True)
