@@ -133,7 +133,7 @@ class ChatRequest(OpenAIModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch generator takes
 
 
 def _chat_inputs(messages: list[Message], max_bytes: int) -> tuple[list[list[bytes]], str]:
@@ -254,9 +254,13 @@ class Ingress:
         self._authorize(request)
         body = await self._body(request)
         try:
-            chat = ChatRequest.model_validate(json.loads(body))
-        except json.JSONDecodeError:
-            raise ApiError(400, "the body is not JSON") from None
+            payload = json.loads(body)
+        except ValueError:  # not UTF-8, or not JSON
+            raise ApiError(400, "the body is not JSON in UTF-8") from None
+        except RecursionError:
+            raise ApiError(400, "the body's JSON nests too deeply") from None
+        try:
+            chat = ChatRequest.model_validate(payload)
         except ValidationError as exc:
             raise ApiError(400, _validation_message(exc.errors())) from None
         if chat.model != self.settings.model_name:

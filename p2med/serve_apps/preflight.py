@@ -3,6 +3,8 @@ the key or mistyped the model folder hears it at once (`p2med serve` and `build_
 
 from __future__ import annotations
 
+import socket
+
 from p2med.model.checkpoint import check_model_folder
 from p2med.platform.errors import ConfigError, P2MedError
 from p2med.platform.storage import resolve
@@ -24,3 +26,20 @@ def check_servable(settings: ServeSettings) -> None:
         check_model_folder(location.uri, location.fs)
     except FileNotFoundError as exc:
         raise P2MedError(f"cannot serve: {exc}") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Raises P2MedError naming the port when something already listens on `host:port`
+    (called where the app's proxy is about to take it on this machine). Without this, Ray
+    Serve's HAProxy fails with its own alert, and a `p2med serve` killed with SIGKILL leaves
+    its HAProxy holding the port."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed one's TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise P2MedError(
+                f"cannot serve on {host}:{port}: the port is in use ({exc.strerror}); stop what "
+                f"listens there (`ss -ltnp 'sport = :{port}'` names it; a p2med serve killed with "
+                f"SIGKILL can leave its HAProxy behind) or choose another port="
+            ) from None

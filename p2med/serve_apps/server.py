@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -9,6 +10,7 @@ from ray import serve
 
 from p2med.platform.ray_runtime import ensure_ray
 from p2med.serve_apps.app import build_app
+from p2med.serve_apps.preflight import check_port
 from p2med.serve_apps.settings import ServeSettings
 
 APP_NAME = "p2med"
@@ -17,6 +19,8 @@ APP_NAME = "p2med"
 def start(settings: ServeSettings) -> str:
     """Deploy the app on `settings.host:port` and return its base URL once it answers."""
     app = build_app(settings)  # refuses a bad config before Ray starts
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray: its proxy takes the port on this machine
+        check_port(settings.host, settings.port)
     ensure_ray()
     serve.start(
         http_options={"host": settings.host, "port": settings.port}, proxy_location=settings.proxy_location

@@ -25,6 +25,7 @@ from p2med.platform.data.imaging import (
     ct_volume,
     picture_pixels,
     read_dicom,
+    read_modality,
     xray_pixels,
 )
 from p2med.serve_apps.errors import BadUpload
@@ -65,7 +66,7 @@ def upload_kind(files: list[bytes], max_bytes: int) -> tuple[str, list[bytes]]:
     if len(files) > 1:
         return "ct", files
     try:
-        modality = str(read_dicom(files[0], stop_before_pixels=True).get("Modality", ""))
+        modality = read_modality(files[0])
     except DecodeFailure as failure:
         raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
     return ("ct" if modality == "CT" else "xray"), files

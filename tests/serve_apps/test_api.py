@@ -21,6 +21,7 @@ from PIL import Image
 from ray import serve
 
 from p2med.serve_apps.server import APP_NAME
+from tests.platform.data.test_imaging import malformed_radiographs
 from tests.serve_apps.conftest import KEY, zipped
 
 pytestmark = pytest.mark.slow  # the app on a local Ray Serve
@@ -92,6 +93,26 @@ def test_bad_report_requests_get_a_4xx_naming_the_problem(client, xray_dicom, ct
     assert "limit" in error_of(report(f=("big.dcm", too_big)), 413)
 
 
+def test_malformed_uploads_sent_with_good_ones_fail_alone(base_url, xray_dicom):
+    """Five uploads at once, likely decoded in one encoder batch: the two with headers no
+    decoder can use get their 400, the three good ones their report."""
+    bad = list(malformed_radiographs().values())
+    uploads = [xray_dicom, bad[0], xray_dicom, bad[1], xray_dicom]
+    statuses: dict[int, int] = {}
+
+    def send(index: int) -> None:
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
+            files = [("file", ("x.dcm", uploads[index]))]
+            statuses[index] = http.post("/v1/reports", data={"task": "xray_report"}, files=files).status_code
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(uploads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [statuses[i] for i in range(len(uploads))] == [200, 400, 200, 400, 200]
+
+
 def test_chat_completions_with_the_openai_client(base_url):
     api = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, timeout=120)
     messages = [
@@ -152,7 +173,13 @@ def test_bad_chat_requests_get_a_4xx_naming_the_problem(client):
     assert "not an image" in error_of(chat(messages=image(data_uri(b"plain text"))), 400)
     assert "at most 32" in error_of(chat(max_tokens=1000), 400)
     assert "messages" in error_of(chat(messages=[]), 400)
-    assert "not JSON" in error_of(client.post("/v1/chat/completions", content=b"{oops"), 400)
+    for body, message in {
+        b"{oops": "not JSON",
+        b'{"model": "\xff"}': "not JSON in UTF-8",
+        b"[" * 100_000 + b"]" * 100_000: "nests too deeply",
+    }.items():
+        assert message in error_of(client.post("/v1/chat/completions", content=body), 400)
+    assert "seed" in error_of(chat(seed=2**64), 400)
     assert "no text" in error_of(chat(messages=[{"role": "user", "content": "  "}]), 400)
 
 

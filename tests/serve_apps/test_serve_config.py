@@ -4,6 +4,7 @@ app builder, and its args are valid ServeSettings (what Serve checks at `serve d
 from __future__ import annotations
 
 import importlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from ray.serve.schema import ServeDeploySchema
 import p2med.serve_apps
 from p2med.platform.errors import ConfigError, P2MedError
 from p2med.serve_apps.app import build_app
+from p2med.serve_apps.preflight import check_port
 from p2med.serve_apps.settings import ServeSettings
 
 CONFIG = Path(p2med.serve_apps.__file__).parent / "serve_config.yaml"
@@ -54,3 +56,13 @@ def test_the_app_refuses_to_start_open_by_accident_or_on_a_bad_model(monkeypatch
     build_app(ServeSettings(model=str(model_dir), open_access=True))  # explicitly open: fine
     with pytest.raises(P2MedError, match="cannot serve: no model folder"):
         build_app(ServeSettings(model=str(tmp_path / "nothing"), api_keys=["k"]))
+
+
+def test_a_port_in_use_is_refused_by_name_and_a_free_one_is_not():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(P2MedError, match=rf"cannot serve on 127\.0\.0\.1:{port}: the port is in use"):
+            check_port("127.0.0.1", port)
+    check_port("127.0.0.1", port)  # closed: free again

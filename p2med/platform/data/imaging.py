@@ -15,12 +15,16 @@ inference is exactly what it was trained on.
   inferior slice first.
 
 Every refusal is a `DecodeFailure` with a quarantine `Reason` and a detail that quotes no
-header value.
+header value; any other error met while decoding one input becomes that input's
+`DecodeFailure` too (`judged_alone`), so that it never fails the inputs decoded beside it.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import pydicom
@@ -69,6 +73,33 @@ class DecodeFailure(Exception):
         self.detail = detail
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def judged_alone(decode: Callable[P, T]) -> Callable[P, T]:
+    """`decode`, with any error it meets on its input raised as that input's
+    `DecodeFailure` (UNREADABLE_FILE, naming the error's type, never its message: messages
+    quote header values). pydicom converts header values when they are first read and
+    numpy computes with them, so a malformed header raises whatever they raise: ValueError
+    for a non-numeric RescaleSlope or a 4-value ImageOrientationPatient, ZeroDivisionError
+    or worse for a zero WindowWidth, struct.error for a file cut inside its header,
+    RecursionError for sequences nested thousands deep."""
+
+    @functools.wraps(decode)
+    def judged(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return decode(*args, **kwargs)
+        except DecodeFailure:
+            raise
+        except Exception as error:
+            detail = f"a malformed DICOM header or pixel data ({type(error).__name__})"
+            raise DecodeFailure(Reason.UNREADABLE_FILE, detail) from None
+
+    return judged
+
+
+@judged_alone
 def read_dicom(data: bytes, stop_before_pixels: bool = False) -> Dataset:
     """Parse DICOM bytes; anything that is not a readable DICOM file is UNREADABLE_FILE."""
     try:
@@ -102,13 +133,20 @@ def _stored_pixels(ds: Dataset) -> np.ndarray:
     return pixels[0] if frames > 1 else pixels
 
 
+@judged_alone
+def read_modality(data: bytes) -> str:
+    """The Modality of DICOM bytes ("" if absent), read without the pixels."""
+    return str(read_dicom(data, stop_before_pixels=True).get("Modality", ""))
+
+
+@judged_alone
 def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
     """A chest radiograph as model input. Returns (S, S) float32 in [0, 1], S = xray_size."""
     modality = str(ds.get("Modality", ""))
     if modality not in XRAY_MODALITIES:
-        raise DecodeFailure(
-            Reason.UNSUPPORTED_MODALITY, f"modality {modality or 'missing'} is not a radiograph"
-        )
+        # the value is not quoted: a header field may hold anything, identifiers included
+        detail = "no modality" if not modality else "a modality other than CR or DX: not a radiograph"
+        raise DecodeFailure(Reason.UNSUPPORTED_MODALITY, detail)
     _check_dimensions(ds.get("Rows", 0), ds.get("Columns", 0), config)
     stored = _stored_pixels(ds)
     if stored.ndim != 2:
@@ -126,6 +164,7 @@ def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
     return square(scaled, config.xray_size)
 
 
+@judged_alone
 def picture_pixels(data: bytes, config: ImagingSettings) -> np.ndarray:
     """A chest radiograph exported as PNG or JPEG, as model input. Returns (S, S) float32 in
     [0, 1], S = xray_size, as `xray_pixels` does for DICOM."""
@@ -161,12 +200,13 @@ def square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(padded[0], dtype=np.float32)
 
 
+@judged_alone
 def ct_volume(slices: list[Dataset], config: ImagingSettings) -> np.ndarray:
     """A chest CT series as model input. `slices`: the series' datasets in any order.
     Returns (ct_slices, ct_size, ct_size) float32 in [0, 1] (lung window), inferior first."""
     modalities = {str(ds.get("Modality", "")) for ds in slices}
     if modalities != {"CT"}:
-        raise DecodeFailure(Reason.UNSUPPORTED_MODALITY, f"series modality {sorted(modalities)} is not CT")
+        raise DecodeFailure(Reason.UNSUPPORTED_MODALITY, "a slice's modality is not CT")
     if len(slices) < config.ct_min_slices:
         raise DecodeFailure(Reason.CT_TOO_FEW_SLICES, f"{len(slices)} slices, need {config.ct_min_slices}")
     ordered = sort_along_normal(slices, config.ct_spacing_tolerance)
@@ -194,6 +234,8 @@ def sort_along_normal(slices: list[Dataset], tolerance: float) -> list[Dataset]:
         positions = [np.array([float(v) for v in ds.ImagePositionPatient]) for ds in slices]
     except (AttributeError, ValueError, TypeError):
         raise DecodeFailure(Reason.CT_MISSING_SLICES, "a slice lacks position or orientation") from None
+    if orientation.shape != (6,) or any(p.shape != (3,) for p in positions):
+        raise DecodeFailure(Reason.CT_MISSING_SLICES, "a slice's position or orientation has the wrong size")
     normal = np.cross(orientation[:3], orientation[3:])
     distance = np.array([float(p @ normal) for p in positions])
     order = np.argsort(distance, kind="stable")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from p2med.platform.data.deid import header_identifiers
-from p2med.platform.data.imaging import DecodeFailure, read_dicom
+from p2med.platform.data.imaging import DecodeFailure, judged_alone, read_dicom
 from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.storage import Location
 
@@ -46,11 +46,16 @@ def read_header(raw: Location, path: str) -> DicomHeader | Quarantined:
     with raw.join(path).open("rb") as f:
         head = f.read(HEADER_BYTES)
     try:
-        ds = read_dicom(head, stop_before_pixels=True)
+        return _header(path, head)
     except DecodeFailure as failure:
         return Quarantined(path, failure.reason, failure.detail)
+
+
+@judged_alone
+def _header(path: str, head: bytes) -> DicomHeader:
+    ds = read_dicom(head, stop_before_pixels=True)
     if "SOPClassUID" not in ds and "Modality" not in ds:
-        return Quarantined(path, Reason.UNREADABLE_FILE, "no SOP class or modality: not an image")
+        raise DecodeFailure(Reason.UNREADABLE_FILE, "no SOP class or modality: not an image")
     return DicomHeader(
         path=path,
         modality=str(ds.get("Modality", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,8 @@ CONFIG = SynthSettings(patients=4, xray_size=96, ct_slices=12, ct_size=48)
 REPORTS_BEFORE, RECORDS_BEFORE = 5, 7
 KINDS = {
     "truncated": Reason.UNREADABLE_FILE,
+    "cut_in_header": Reason.UNREADABLE_FILE,
+    "zero_window": Reason.UNREADABLE_FILE,
     "not_dicom": Reason.UNREADABLE_FILE,
     "no_pixel_data": Reason.NO_PIXEL_DATA,
     "undecodable": Reason.UNDECODABLE_PIXEL_DATA,
@@ -27,6 +30,7 @@ KINDS = {
     "ct_missing_slices": Reason.CT_MISSING_SLICES,
     "ct_duplicate_slices": Reason.CT_DUPLICATE_SLICES,
     "ct_uneven_spacing": Reason.CT_UNEVEN_SPACING,
+    "ct_bad_orientation": Reason.CT_MISSING_SLICES,
     "ct_single_slice": Reason.CT_TOO_FEW_SLICES,
     "report_without_image": Reason.REPORT_WITHOUT_IMAGE,
     "image_without_report": Reason.IMAGE_WITHOUT_REPORT,
@@ -60,8 +64,9 @@ def jsonl_line(faults: FaultSet, ref: str) -> str:
 
 
 def dicom_paths(faults: FaultSet) -> list[str]:
-    """Every file but the one that is not DICOM at all."""
-    return [p for p in faults.files if p not in inputs(faults, "not_dicom")]
+    """Every file but those that pydicom cannot parse: not DICOM at all, or cut in the header."""
+    unparsable = inputs(faults, "not_dicom") + inputs(faults, "cut_in_header")
+    return [p for p in faults.files if p not in unparsable]
 
 
 def slice_positions(faults: FaultSet, kind: str) -> np.ndarray:
@@ -106,6 +111,26 @@ def test_truncated_file_has_a_header_but_not_all_its_pixels(faults):
     # pydicom reads a file cut inside the pixel data without complaint; decoding fails.
     with pytest.raises(ValueError, match="less than expected"):
         _ = read(faults, path).pixel_array
+
+
+def test_cut_in_header_stops_inside_the_file_meta(faults):
+    (path,) = inputs(faults, "cut_in_header")
+    data = faults.files[path]
+    assert data[128:132] == b"DICM" and len(data) == 153
+    with pytest.raises(struct.error):
+        read(faults, path)
+
+
+def test_zero_window_is_a_readable_file_with_a_window_of_width_0(faults):
+    (path,) = inputs(faults, "zero_window")
+    ds = read(faults, path)
+    assert float(ds.WindowWidth) == 0 and ds.pixel_array.shape == (CONFIG.xray_size, CONFIG.xray_size)
+
+
+def test_ct_bad_orientation_has_four_values_on_every_slice(faults):
+    paths = inputs(faults, "ct_bad_orientation")
+    assert len(paths) == CONFIG.ct_slices
+    assert all(len(read(faults, p).ImageOrientationPatient) == 4 for p in paths)
 
 
 def test_not_dicom_is_not_dicom(faults):

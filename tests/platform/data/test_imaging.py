@@ -4,17 +4,29 @@ CT geometry checks."""
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate
+from pydicom.tag import Tag
 from pydicom.uid import JPEGBaseline8Bit
 
-from p2med.platform.data.imaging import DecodeFailure, ImagingSettings, ct_volume, square, xray_pixels
+from p2med.platform.data.imaging import (
+    DecodeFailure,
+    ImagingSettings,
+    ct_volume,
+    read_dicom,
+    square,
+    xray_pixels,
+)
 from p2med.platform.data.quarantine import Reason
+from p2med.platform.data.synth import SynthSettings
+from p2med.platform.data.synth.faults import make_faults
 
 CONFIG = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
 
@@ -126,3 +138,75 @@ def test_ct_geometry_refusals(positions, reason):
     with pytest.raises(DecodeFailure) as failure:
         ct_volume(ct_slices(len(positions), positions), CONFIG)
     assert failure.value.reason == reason
+
+
+def test_every_file_fault_of_the_generator_is_refused_with_its_reason():
+    """The ingest's and the serving app's decode path on each broken file of `make_faults`
+    (headers cut short or holding values no decoder can use among them): that file's
+    `DecodeFailure` with the fault's reason, never another error."""
+    faults = make_faults(SynthSettings(patients=2, xray_size=96, ct_slices=12, ct_size=48), 2, 0, 0)
+    refused = set()
+    for entry in faults.expected:
+        files = [faults.files[p] for p in entry["inputs"] if p in faults.files]
+        if not files or entry["kind"] == "image_without_report":  # JSONL lines; a sound image
+            continue
+        with pytest.raises(DecodeFailure) as failure:
+            slices = [read_dicom(data) for data in files]
+            if entry["inputs"][0].startswith("dicom/xray/"):
+                xray_pixels(slices[0], CONFIG)
+            else:
+                ct_volume(slices, CONFIG)
+        assert failure.value.reason == entry["reason"], entry["kind"]
+        refused.add(entry["kind"])
+    assert {"cut_in_header", "zero_window", "ct_bad_orientation", "truncated"} <= refused
+
+
+def nested_sequences(depth: int) -> bytes:
+    """`depth` sequences of undefined length, each in the one item of the one above
+    (explicit VR little endian), as a hostile file may hold."""
+    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + closing * depth
+
+
+def malformed_radiographs() -> dict[str, bytes]:
+    """Radiograph files whose headers pydicom reads but whose values break decoding."""
+
+    def saved(ds: pydicom.Dataset) -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    slope = as_radiograph("MR_small.dcm")
+    slope["RescaleSlope"] = RawDataElement(Tag(0x00281053), "DS", 4, b"abc ", 0, False, True)
+    slope.RescaleIntercept = 0
+    deep = as_radiograph("MR_small.dcm")
+    pixels = deep.PixelData
+    del deep.PixelData
+    pixel_element = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<I", len(pixels)) + pixels
+    return {
+        "a non-numeric RescaleSlope": saved(slope),
+        "sequences nested 3,000 deep": saved(deep) + nested_sequences(3000) + pixel_element,
+    }
+
+
+@pytest.mark.parametrize("name", list(malformed_radiographs()))
+def test_a_malformed_header_is_that_files_failure_and_quotes_no_value(name):
+    with pytest.raises(DecodeFailure) as failure:
+        xray_pixels(read_dicom(malformed_radiographs()[name]), CONFIG)
+    assert failure.value.reason == Reason.UNREADABLE_FILE
+    assert "malformed" in failure.value.detail and "abc" not in str(failure.value)
+
+
+def test_a_refusal_quotes_no_header_value():
+    """A header field may hold anything, a patient's name included."""
+    xray = as_radiograph("MR_small.dcm")
+    xray.Modality = "SMITH EMMA"
+    series = ct_slices(6)
+    series[2].Modality = "SMITH EMMA"
+    for decode in (lambda: xray_pixels(xray, CONFIG), lambda: ct_volume(series, CONFIG)):
+        with pytest.raises(DecodeFailure) as failure:
+            decode()
+        assert failure.value.reason == Reason.UNSUPPORTED_MODALITY
+        assert "SMITH" not in str(failure.value)

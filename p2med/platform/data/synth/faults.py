@@ -1,8 +1,9 @@
 """Broken inputs for a synthetic raw store: one of each kind the ingest must quarantine.
 
-Real exports hold transfers cut short, error pages saved as `.dcm`, pixel data no decoder
-reads, MR images among the chest studies, CT series with lost, repeated or unevenly spaced
-slices, reports whose images never arrived and JSONL lines cut off mid-write. The ingest
+Real exports hold transfers cut short (in the pixels or in the header), error pages saved
+as `.dcm`, headers with values no decoder can use, pixel data no decoder reads, MR images
+among the chest studies, CT series with lost, repeated or unevenly spaced slices or without
+a usable orientation, reports whose images never arrived and JSONL lines cut off mid-write. The ingest
 must set each aside with a reason and carry on. `make_faults` makes one input of each kind,
 with the reason it should get, so tests, benchmarks and demos can mix them into a raw store
 and check the ingest's quarantine.
@@ -73,8 +74,8 @@ class FaultSet:
 def make_faults(
     config: SynthSettings, first_index: int, reports_before: int, records_before: int
 ) -> FaultSet:
-    """One broken input of each kind, from patients `first_index` to `first_index + 12`
-    (`len(FILE_FAULTS) + 2` patients: one per file fault, the imageless report, the cut lines)."""
+    """One broken input of each kind, from patients `first_index` on (`len(FILE_FAULTS) + 2`
+    patients: one per file fault, the imageless report, the cut lines)."""
     files: dict[str, bytes] = {}
     expected = []
     for offset, (kind, (reason, build)) in enumerate(FILE_FAULTS.items()):
@@ -130,6 +131,25 @@ def _truncated(config: SynthSettings, index: int) -> dict[str, bytes]:
     """An upload cut short: the header survives, the pixel data stops at 60% of the file."""
     xray = _xray(config, index)
     return {_xray_path(xray.sop_instance_uid): xray.data[: len(xray.data) * 3 // 5]}
+
+
+def _cut_in_header(config: SynthSettings, index: int) -> dict[str, bytes]:
+    """A transfer cut off inside the file meta header: after the preamble, the DICM prefix,
+    the 12-byte group length element and 9 bytes of the next element's header (pydicom's
+    parser then fails to unpack it)."""
+    xray = _xray(config, index)
+    return {_xray_path(xray.sop_instance_uid): xray.data[: 128 + 4 + 12 + 9]}
+
+
+def _zero_window(config: SynthSettings, index: int) -> dict[str, bytes]:
+    """A header whose VOI window has a width of 0 (a broken modality's export), which no
+    windowing can apply."""
+
+    def change(ds: Dataset) -> None:
+        ds.WindowCenter, ds.WindowWidth = "2048", "0"
+
+    xray = _xray(config, index)
+    return {_xray_path(xray.sop_instance_uid): _rewrite(xray.data, change)}
 
 
 def _not_dicom(config: SynthSettings, index: int) -> dict[str, bytes]:
@@ -250,6 +270,16 @@ def _ct_uneven_spacing(config: SynthSettings, index: int) -> dict[str, bytes]:
     return _ct_files(series, moved)
 
 
+def _ct_bad_orientation(config: SynthSettings, index: int) -> dict[str, bytes]:
+    """Every slice's ImageOrientationPatient with 4 values instead of 6: no slice normal."""
+
+    def change(ds: Dataset) -> None:
+        ds.ImageOrientationPatient = ds.ImageOrientationPatient[:4]
+
+    series = _ct(config, index)
+    return _ct_files(series, [(sop, _rewrite(data, change)) for sop, data in series.files])
+
+
 def _ct_single_slice(config: SynthSettings, index: int) -> dict[str, bytes]:
     series = _ct(config, index)
     return _ct_files(series, [series.files[len(series.files) // 2]])
@@ -257,6 +287,8 @@ def _ct_single_slice(config: SynthSettings, index: int) -> dict[str, bytes]:
 
 FILE_FAULTS: dict[str, tuple[Reason, Callable[[SynthSettings, int], dict[str, bytes]]]] = {
     "truncated": (Reason.UNREADABLE_FILE, _truncated),
+    "cut_in_header": (Reason.UNREADABLE_FILE, _cut_in_header),
+    "zero_window": (Reason.UNREADABLE_FILE, _zero_window),
     "not_dicom": (Reason.UNREADABLE_FILE, _not_dicom),
     "no_pixel_data": (Reason.NO_PIXEL_DATA, _no_pixel_data),
     "undecodable": (Reason.UNDECODABLE_PIXEL_DATA, _undecodable),
@@ -265,6 +297,7 @@ FILE_FAULTS: dict[str, tuple[Reason, Callable[[SynthSettings, int], dict[str, by
     "ct_missing_slices": (Reason.CT_MISSING_SLICES, _ct_missing_slices),
     "ct_duplicate_slices": (Reason.CT_DUPLICATE_SLICES, _ct_duplicate_slices),
     "ct_uneven_spacing": (Reason.CT_UNEVEN_SPACING, _ct_uneven_spacing),
+    "ct_bad_orientation": (Reason.CT_MISSING_SLICES, _ct_bad_orientation),
     "ct_single_slice": (Reason.CT_TOO_FEW_SLICES, _ct_single_slice),
     "image_without_report": (Reason.IMAGE_WITHOUT_REPORT, _image_without_report),
 }
