@@ -81,10 +81,10 @@ def judged_alone(decode: Callable[P, T]) -> Callable[P, T]:
     """`decode`, with any error it meets on its input raised as that input's
     `DecodeFailure` (UNREADABLE_FILE, naming the error's type, never its message: messages
     quote header values). pydicom converts header values when they are first read and
-    numpy computes with them, so a malformed header raises whatever they raise: ValueError
-    for a non-numeric RescaleSlope or a 4-value ImageOrientationPatient, ZeroDivisionError
-    or worse for a zero WindowWidth, struct.error for a file cut inside its header,
-    RecursionError for sequences nested thousands deep."""
+    numpy computes with them, so a malformed header raises whatever they raise: a numpy
+    UFuncTypeError for a non-numeric RescaleSlope, ValueError for a zero WindowWidth,
+    struct.error for a file cut inside its header, RecursionError for sequences nested
+    thousands deep."""
 
     @functools.wraps(decode)
     def judged(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -3,10 +3,10 @@
 Real exports hold transfers cut short (in the pixels or in the header), error pages saved
 as `.dcm`, headers with values no decoder can use, pixel data no decoder reads, MR images
 among the chest studies, CT series with lost, repeated or unevenly spaced slices or without
-a usable orientation, reports whose images never arrived and JSONL lines cut off mid-write. The ingest
-must set each aside with a reason and carry on. `make_faults` makes one input of each kind,
-with the reason it should get, so tests, benchmarks and demos can mix them into a raw store
-and check the ingest's quarantine.
+a usable orientation, reports whose images never arrived and JSONL lines cut off
+mid-write. The ingest must set each aside with a reason and carry on. `make_faults` makes
+one input of each kind, with the reason it should get, so tests, benchmarks and demos can
+mix them into a raw store and check the ingest's quarantine.
 
 Each fault belongs to its own extra patient (indices from `first_index` up), built with the
 generator's own functions (`patients`), so it looks like the rest of the store and shares no
