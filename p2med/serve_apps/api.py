@@ -136,8 +136,12 @@ class ChatRequest(OpenAIModel):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch generator takes
 
 
-def _chat_inputs(messages: list[Message], max_bytes: int) -> tuple[list[list[bytes]], str]:
+def _chat_inputs(messages: list[Message], max_bytes: int, max_images: int) -> tuple[list[list[bytes]], str]:
     """The images (as upload files, in order) and the text of a chat's messages."""
+    asked = [m.content for m in messages if m.role != "assistant"]
+    images = sum(isinstance(part, ImagePart) for parts in asked if isinstance(parts, list) for part in parts)
+    if images > max_images:  # counted before any is decoded
+        raise ApiError(400, f"the messages hold {images} images; this server takes at most {max_images}")
     uploads, texts = [], []
     for message in messages:
         if message.role == "assistant":
@@ -265,7 +269,7 @@ class Ingress:
             raise ApiError(400, _validation_message(exc.errors())) from None
         if chat.model != self.settings.model_name:
             raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
-        uploads, text = _chat_inputs(chat.messages, self.settings.max_request_bytes)
+        uploads, text = _chat_inputs(chat.messages, self.settings.max_request_bytes, self.settings.max_images)
         prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
         completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
         name, created, ident = self.settings.model_name, int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
@@ -340,6 +344,12 @@ class Ingress:
             raise ApiError(401, "invalid API key", "authentication_error")
 
     def _completion(self, prompt: str, max_tokens: int | None, chat: ChatRequest | None = None) -> Completion:
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise ApiError(
+                400,
+                f"the text has {len(prompt):,} characters; this server takes at most "
+                f"{self.settings.max_prompt_chars:,} (max_prompt_chars)",
+            )
         limit = self.settings.max_tokens_limit
         if max_tokens is not None and max_tokens > limit:
             raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {limit}")

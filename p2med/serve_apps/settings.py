@@ -83,6 +83,12 @@ class ServeSettings(Settings):
     """Tokens generated when a request does not say (a long inpatient record needs a few hundred)."""
     max_tokens_limit: int = Field(1024, ge=1)
     """The most tokens one request may ask for."""
+    max_images: int = Field(8, ge=1)
+    """The most images one chat request may hold (each is decoded and encoded before the
+    answer starts, in the encoder replicas every other request shares)."""
+    max_prompt_chars: int = Field(65_536, ge=1)
+    """The most characters of text one request may hold (tokenized on the LLM replica
+    before it joins a batch)."""
     vision: ModelDeploymentSettings = ModelDeploymentSettings()
     llm: ModelDeploymentSettings = ModelDeploymentSettings()
     ingress: ReplicaSettings = ReplicaSettings(max_ongoing_requests=64, max_queued_requests=128)

@@ -180,6 +180,14 @@ def test_bad_chat_requests_get_a_4xx_naming_the_problem(client):
     }.items():
         assert message in error_of(client.post("/v1/chat/completions", content=body), 400)
     assert "seed" in error_of(chat(seed=2**64), 400)
+    nine = [{"type": "image_url", "image_url": {"url": data_uri(png(32))}}] * 9 + [
+        {"type": "text", "text": "Hi"}
+    ]
+    assert "hold 9 images; this server takes at most 8" in error_of(
+        chat(messages=[{"role": "user", "content": nine}]), 400
+    )
+    long = [{"role": "user", "content": "cough " * 20_000}]
+    assert "characters; this server takes at most 65,536" in error_of(chat(messages=long), 400)
     assert "no text" in error_of(chat(messages=[{"role": "user", "content": "  "}]), 400)
 
 
