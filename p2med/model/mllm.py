@@ -125,7 +125,9 @@ class P2MedModel(nn.Module):
         and text its batch holds. With `same_calls_on_every_rank` (ZeRO-3) a blank image
         of each missing kind is encoded instead, its latents added times zero."""
         shown = [kind for kinds in images.kinds for kind in kinds]
-        blanks = self.same_calls_on_every_rank and torch.is_grad_enabled() and self._vision_trains()
+        blanks = (
+            self.same_calls_on_every_rank and torch.is_grad_enabled() and bool(self._trainable_vision_path())
+        )
         encoded = {
             kind: self.resampler(
                 *self.vision(getattr(images, kind) if kind in shown else self._blank(kind), kind)
@@ -148,9 +150,6 @@ class P2MedModel(nn.Module):
         elif len(encoded) < len(MODALITIES) and torch.is_grad_enabled():
             latents = latents + self._vision_anchor()
         return latents
-
-    def _vision_trains(self) -> bool:
-        return bool(self._trainable_vision_path())
 
     def _trainable_vision_path(self) -> list[nn.Parameter]:
         return [p for p in (*self.vision.parameters(), *self.resampler.parameters()) if p.requires_grad]
