@@ -15,7 +15,10 @@ from ray.serve.exceptions import BackPressureError
 
 from p2med.serve_apps.api import ApiError, Message, _as_api_error, _chat_inputs, _sse
 from p2med.serve_apps.errors import ClientError
+from p2med.serve_apps.settings import ServeSettings
 from tests.serve_apps.test_uploads import LIMIT, picture
+
+MAX_IMAGES = ServeSettings(model="unused").max_images
 
 
 def data_uri(data: bytes, media: str = "image/png") -> str:
@@ -36,7 +39,7 @@ def test_a_chat_gives_its_images_in_order_and_its_user_text():
         Message(role="assistant", content="An earlier answer, not input."),
         Message(role="user", content=[image(data_uri(second, "image/jpeg"))]),
     ]
-    uploads, text = _chat_inputs(messages, LIMIT)
+    uploads, text = _chat_inputs(messages, LIMIT, MAX_IMAGES)
     assert uploads == [[first], [second]]
     assert text == "You write radiology reports.\nWrite the report."
 
@@ -54,13 +57,14 @@ def test_a_chat_gives_its_images_in_order_and_its_user_text():
 def test_images_that_are_not_accepted_are_refused_with_400(url, message):
     chat = [Message(role="user", content=[image(url), {"type": "text", "text": "Write the report."}])]
     with pytest.raises(ApiError, match=message) as refused:
-        _chat_inputs(chat, LIMIT)
+        _chat_inputs(chat, LIMIT, MAX_IMAGES)
     assert refused.value.status == 400
 
 
 def test_a_chat_without_text_is_refused():
     with pytest.raises(ApiError, match="hold no text") as refused:
-        _chat_inputs([Message(role="user", content=[image(data_uri(picture("L", "PNG")))])], LIMIT)
+        only_an_image = [Message(role="user", content=[image(data_uri(picture("L", "PNG")))])]
+        _chat_inputs(only_an_image, LIMIT, MAX_IMAGES)
     assert refused.value.status == 400
 
 
