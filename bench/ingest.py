@@ -72,7 +72,8 @@ def single_process(raw: Location, out: str, config: IngestSettings) -> int:
     paths = dicom_paths(raw)
     reports, _ = read_jsonl(raw, REPORTS_FILE)
     records, _ = read_jsonl(raw, RECORDS_FILE)
-    results = read_headers({"path": np.array(paths)}, raw.uri, raw.storage)["result"]
+    batch = {"path": np.array(paths)}
+    results = read_headers(batch, raw.uri, raw.storage, config.imaging.max_image_bytes)["result"]
     headers, _ = parse_header_rows([{"result": r} for r in results])
     work = plan(headers, reports, records, pseudonyms, config.split)
     data_dir, per_shard = resolve(out), rows_per_shard(config, work.items)

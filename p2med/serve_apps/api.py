@@ -51,7 +51,7 @@ from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ServeSettings
-from p2med.serve_apps.uploads import decode_upload, upload_kind
+from p2med.serve_apps.uploads import decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
 RETRY_AFTER_S = "1"
@@ -157,8 +157,10 @@ def _chat_inputs(messages: list[Message], max_bytes: int, max_images: int) -> tu
     text = "\n".join(t.strip() for t in texts if t.strip())
     if not text:
         raise ApiError(400, "the messages hold no text: say what to write")
-    for files in uploads:
-        _client_call(upload_kind, files, max_bytes)
+    decoded = sum(_client_call(inspect_upload, files, max_bytes).pixel_bytes for files in uploads)
+    if decoded > max_bytes:  # each image alone is within it
+        together = f"the images' pixel data decodes to {decoded:,} bytes together"
+        raise ApiError(400, f"{together}; the limit is {max_bytes:,}")
     return uploads, text
 
 
@@ -304,7 +306,7 @@ class Ingress:
             raise ApiError(400, f"task must be one of {', '.join(IMAGE_TASKS)}; got {task!r}")
         if not files:
             raise ApiError(400, "no file uploaded: send one X-ray, or a CT series as files or one zip")
-        kind, _ = _client_call(upload_kind, files, self.settings.max_request_bytes)
+        kind = _client_call(inspect_upload, files, self.settings.max_request_bytes).kind
         wanted = task.removesuffix("_report")
         if task.endswith("_report") and kind != wanted:
             raise ApiError(400, f"task {task} needs a {wanted.upper()} but the upload is a {kind.upper()}")
@@ -332,7 +334,7 @@ class Ingress:
             return any(hmac.compare_digest(password.encode(), key.encode()) for key in self.keys)
 
         auth = None if self.settings.open_access else login
-        gr.mount_gradio_app(api, build_demo(write, preview), path=DEMO_PATH, auth=auth)
+        gr.mount_gradio_app(api, build_demo(write, preview), path=DEMO_PATH, auth=auth, max_file_size=limit)
 
     def _authorize(self, request: Request) -> None:
         if self.settings.open_access:

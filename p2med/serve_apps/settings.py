@@ -78,7 +78,8 @@ class ServeSettings(Settings):
     demo: bool = True
     """Serve the Gradio demo at /demo (its login: any user name, an API key as password)."""
     max_request_mb: float = Field(64.0, gt=0)
-    """Largest request body (and the most a CT zip may expand to), in MiB."""
+    """Largest request body, in MiB; also the most its images may expand to (a CT zip's
+    files) and decode to (their pixel data together, as their headers give it)."""
     default_max_tokens: int = Field(320, ge=1)
     """Tokens generated when a request does not say (a long inpatient record needs a few hundred)."""
     max_tokens_limit: int = Field(1024, ge=1)

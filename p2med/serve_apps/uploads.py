@@ -4,9 +4,14 @@ An upload is one image: an X-ray (one DICOM, PNG or JPEG file) or a CT series (i
 DICOM slices as several files, or one zip of them). Which it is comes from the bytes,
 never from a file name or a declared type:
 
-    kind, pixels = decode_upload([png_bytes], imaging)           # "xray", (S, S)
-    kind, pixels = decode_upload(slice_files, imaging)           # "ct", (D, H, W)
-    kind, pixels = decode_upload([zip_bytes], imaging)           # "ct", (D, H, W)
+    kind, pixels = decode_upload([png_bytes], imaging, max_bytes)     # "xray", (S, S)
+    kind, pixels = decode_upload(slice_files, imaging, max_bytes)     # "ct", (D, H, W)
+    kind, pixels = decode_upload([zip_bytes], imaging, max_bytes)     # "ct", (D, H, W)
+
+`max_bytes` (the request size limit) also bounds what the upload expands to: a zip's
+files, and the pixel data they decode to, as their headers give it (a few KB of
+compressed pixels can ask for gigabytes). `inspect_upload` checks all that from the
+headers, before any pixel is decoded.
 
 Every refusal is a `BadUpload` whose message says what is wrong with the upload without
 quoting a header value.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,9 +29,10 @@ from p2med.platform.data.imaging import (
     DecodeFailure,
     ImagingSettings,
     ct_volume,
+    frame_bytes,
+    picture_bytes,
     picture_pixels,
     read_dicom,
-    read_modality,
     xray_pixels,
 )
 from p2med.serve_apps.errors import BadUpload
@@ -44,47 +51,66 @@ def file_type(data: bytes) -> str:
     return "unknown"
 
 
-def upload_kind(files: list[bytes], max_bytes: int) -> tuple[str, list[bytes]]:
-    """("xray" or "ct", the upload's files with a zip unpacked), from the bytes alone (a
-    DICOM header is read without its pixels).
+@dataclass(frozen=True)
+class Upload:
+    """One upload as its bytes and headers tell it, before any pixel is decoded."""
+
+    kind: str  # "xray" or "ct"
+    files: list[bytes]  # a zip unpacked
+    pixel_bytes: int  # what its pixel data decodes to (stored values; a DICOM's first frame)
+
+
+def inspect_upload(files: list[bytes], max_bytes: int) -> Upload:
+    """What an upload is, from its bytes and headers alone.
 
     Raises:
-        BadUpload: no file, or files that are not one image.
+        BadUpload: no file, files that are not one image, or an upload that expands (zip)
+            or decodes past `max_bytes`.
     """
     if not files:
         raise BadUpload("the upload holds no file")
     types = [file_type(data) for data in files]
-    if types == ["zip"]:
-        return "ct", _unzipped(files[0], max_bytes)
-    if len(files) == 1 and types[0] in ("png", "jpeg"):
-        return "xray", files
-    if set(types) != {"dicom"}:
-        raise BadUpload(
-            "not an image: an upload is one PNG, JPEG or DICOM X-ray, or a CT series as DICOM "
-            "files or one zip of them"
-        )
-    if len(files) > 1:
-        return "ct", files
     try:
-        modality = read_modality(files[0])
+        if len(files) == 1 and types[0] in ("png", "jpeg"):
+            return _within(Upload("xray", files, picture_bytes(files[0])), max_bytes)
+        zipped = types == ["zip"]
+        if zipped:
+            files = _unzipped(files[0], max_bytes)
+        elif set(types) != {"dicom"}:
+            raise BadUpload(
+                "not an image: an upload is one PNG, JPEG or DICOM X-ray, or a CT series as DICOM "
+                "files or one zip of them"
+            )
+        headers = [read_dicom(data, max_bytes, stop_before_pixels=True) for data in files]
+        single_ct = str(headers[0].get("Modality", "")) == "CT"
+        kind = "ct" if zipped or len(files) > 1 or single_ct else "xray"
+        return _within(Upload(kind, files, sum(frame_bytes(ds) for ds in headers)), max_bytes)
     except DecodeFailure as failure:
         raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
-    return ("ct" if modality == "CT" else "xray"), files
+
+
+def _within(upload: Upload, max_bytes: int) -> Upload:
+    if upload.pixel_bytes > max_bytes:
+        raise BadUpload(
+            f"the image's pixel data decodes to {upload.pixel_bytes:,} bytes; the limit is {max_bytes:,}"
+        )
+    return upload
 
 
 def decode_upload(files: list[bytes], imaging: ImagingSettings, max_bytes: int) -> tuple[str, np.ndarray]:
     """One uploaded image -> ("xray", (S, S)) or ("ct", (D, H, W)), float32 in [0, 1].
-    `max_bytes` bounds what a zip may expand to.
 
     Raises:
-        BadUpload: not an image, a corrupt DICOM, a CT series that is not a volume, ...
+        BadUpload: not an image, a corrupt DICOM, a CT series that is not a volume, an
+            upload past `max_bytes` (see `inspect_upload`), ...
     """
-    kind, files = upload_kind(files, max_bytes)
+    upload = inspect_upload(files, max_bytes)
     try:
-        if file_type(files[0]) in ("png", "jpeg"):
-            return kind, picture_pixels(files[0], imaging)
-        slices = [read_dicom(data) for data in files]
-        return kind, xray_pixels(slices[0], imaging) if kind == "xray" else ct_volume(slices, imaging)
+        if upload.kind == "xray" and file_type(upload.files[0]) in ("png", "jpeg"):
+            return upload.kind, picture_pixels(upload.files[0], imaging)
+        slices = [read_dicom(data, max_bytes) for data in upload.files]
+        pixels = xray_pixels(slices[0], imaging) if upload.kind == "xray" else ct_volume(slices, imaging)
+        return upload.kind, pixels
     except DecodeFailure as failure:
         raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
 

@@ -50,7 +50,8 @@ def ingest_in_process(raw: Location, shards: Location, config: IngestSettings) -
     paths = dicom_paths(raw)
     reports, _ = read_jsonl(raw, REPORTS_FILE)
     records, _ = read_jsonl(raw, RECORDS_FILE)
-    results = read_headers({"path": np.array(paths)}, raw.uri, raw.storage)["result"]
+    batch = {"path": np.array(paths)}
+    results = read_headers(batch, raw.uri, raw.storage, config.imaging.max_image_bytes)["result"]
     headers, quarantined = parse_header_rows([{"result": r} for r in results])
     work = plan(headers, reports, records, Pseudonymizer(resolve_key(config.deid)), config.split)
     data = f"{DATA_PREFIX}in-process"

@@ -61,6 +61,15 @@ def test_images_that_are_not_accepted_are_refused_with_400(url, message):
     assert refused.value.status == 400
 
 
+def test_images_decoding_past_the_limit_together_are_refused_with_400():
+    each = data_uri(picture("L", "PNG", size=(300, 300)))  # 90,000 bytes of pixels
+    chat = [Message(role="user", content=[image(each), image(each), {"type": "text", "text": "Compare."}])]
+    assert len(_chat_inputs(chat, 200_000, MAX_IMAGES)[0]) == 2
+    with pytest.raises(ApiError, match="decodes to 180,000 bytes together; the limit is 100,000") as refused:
+        _chat_inputs(chat, 100_000, MAX_IMAGES)
+    assert refused.value.status == 400
+
+
 def test_a_chat_without_text_is_refused():
     with pytest.raises(ApiError, match="hold no text") as refused:
         only_an_image = [Message(role="user", content=[image(data_uri(picture("L", "PNG")))])]

@@ -11,7 +11,8 @@ from PIL import Image
 
 from p2med.platform.data.imaging import ImagingSettings, ct_volume, read_dicom, xray_pixels
 from p2med.serve_apps.errors import BadUpload
-from p2med.serve_apps.uploads import decode_upload, upload_kind
+from p2med.serve_apps.uploads import decode_upload, inspect_upload
+from tests.platform.data.test_imaging import ct_slices, deflated
 from tests.serve_apps.conftest import zipped
 
 IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
@@ -37,10 +38,10 @@ def test_pictures_become_square_xrays_in_0_1(mode, fmt):
 def test_dicom_uploads_go_through_the_ingest_preprocessing(xray_dicom, ct_series):
     kind, pixels = decode_upload([xray_dicom], IMAGING, LIMIT)
     assert kind == "xray"
-    np.testing.assert_array_equal(pixels, xray_pixels(read_dicom(xray_dicom), IMAGING))
+    np.testing.assert_array_equal(pixels, xray_pixels(read_dicom(xray_dicom, LIMIT), IMAGING))
 
     series = ct_series
-    expected = ct_volume([read_dicom(s) for s in series], IMAGING)
+    expected = ct_volume([read_dicom(s, LIMIT) for s in series], IMAGING)
     for files in (series, series[::-1], [zipped(series)]):  # slice order comes from positions
         kind, volume = decode_upload(files, IMAGING, LIMIT)
         assert kind == "ct"
@@ -60,6 +61,17 @@ def test_what_is_not_one_image_is_refused_by_name(ct_series):
         limit = 1000 if message == "expands to more than" else LIMIT
         with pytest.raises(BadUpload, match=message):
             decode_upload(files, IMAGING, limit)
-    assert upload_kind([zipped(series)], LIMIT)[0] == "ct"
+    assert inspect_upload([zipped(series)], LIMIT).kind == "ct"
     with pytest.raises(BadUpload, match="unreadable_file"):
         decode_upload([b"\x89PNG\r\n\x1a\n" + b"\0" * 50], IMAGING, LIMIT)
+
+
+def test_an_upload_decoding_past_the_limit_is_refused_from_its_headers():
+    blank = Image.new("L", (2000, 2000))  # 4,000,000 bytes of pixels in a few KB of PNG
+    buffer = io.BytesIO()
+    blank.save(buffer, format="PNG")
+    series = zipped([deflated(ds) for ds in ct_slices(10)])  # 10 x 128 x 128 x 2 bytes, deflated
+    assert len(buffer.getvalue()) < 2**15 and len(series) < 2**15
+    for files, decoded in (([buffer.getvalue()], "4,000,000"), ([series], "327,680")):
+        with pytest.raises(BadUpload, match=f"pixel data decodes to {decoded} bytes; the limit is 200,000"):
+            inspect_upload(files, 200_000)

@@ -11,8 +11,13 @@ inference is exactly what it was trained on.
   same resize and pad.
 - CT: check the series geometry (slices sorted by position along the slice normal;
   gaps, duplicates, uneven spacing are refused), convert to HU, apply the lung window,
-  resample to `ct_slices` x `ct_size` x `ct_size` with MONAI. Returns (D, H, W) float32,
-  inferior slice first.
+  resample to `ct_slices` x `ct_size` x `ct_size` with MONAI (trilinear, computed slice by
+  slice in-plane, then along the normal: the same result without the whole volume in
+  float). Returns (D, H, W) float32, inferior slice first.
+
+What an image decodes to is bounded before it is decoded (`max_image_mb`, from the
+headers): a few KB of compressed pixel data, or of a Deflated dataset, can ask for
+gigabytes. Of a multi-frame file only the first frame is decoded.
 
 Every refusal is a `DecodeFailure` with a quarantine `Reason` and a detail that quotes no
 header value; any other error met while decoding one input becomes that input's
@@ -21,22 +26,27 @@ header value; any other error met while decoding one input becomes that input's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 import numpy as np
 import pydicom
 from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.filereader import data_element_generator
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from p2med.platform.config import Settings
 from p2med.platform.data.quarantine import Reason
 
 XRAY_MODALITIES = frozenset({"CR", "DX"})
+TRANSFER_SYNTAX_TAG = 0x00020010
 
 
 class ImagingSettings(Settings):
@@ -62,6 +72,14 @@ class ImagingSettings(Settings):
     """Images with a side longer than this are refused."""
     max_aspect: float = Field(4.0, ge=1)
     """Images more elongated than this (long side / short side) are refused."""
+    max_image_mb: float = Field(256.0, gt=0)
+    """The most one image may decode to, in MiB: an X-ray's first frame, a CT series' slices
+    together (stored values, as the headers give them), a Deflated DICOM file's dataset.
+    Larger ones are refused before anything is decoded."""
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 2**20)
 
 
 class DecodeFailure(Exception):
@@ -100,14 +118,55 @@ def judged_alone(decode: Callable[P, T]) -> Callable[P, T]:
 
 
 @judged_alone
-def read_dicom(data: bytes, stop_before_pixels: bool = False) -> Dataset:
-    """Parse DICOM bytes; anything that is not a readable DICOM file is UNREADABLE_FILE."""
+def read_dicom(data: bytes | BinaryIO, max_bytes: int, stop_before_pixels: bool = False) -> Dataset:
+    """Parse DICOM bytes (or a binary file at its start); anything that is not a readable
+    DICOM file is UNREADABLE_FILE, a Deflated dataset inflating past `max_bytes` TOO_LARGE."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    _check_inflated_size(source, max_bytes)
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DecodeFailure(
             Reason.UNREADABLE_FILE, f"not a readable DICOM file ({type(exc).__name__})"
         ) from None
+
+
+def _check_inflated_size(source: BinaryIO, max_bytes: int) -> None:
+    """Refuses a file of the Deflated transfer syntax whose dataset inflates past
+    `max_bytes`, counting piece by piece (pydicom inflates the whole dataset at once, even
+    to read a header). Leaves `source` where it was."""
+    start = source.tell()
+    try:
+        if source.read(132)[128:] != b"DICM":
+            return  # no file meta: not Deflated (pydicom judges the rest)
+        # read to the meta's end: `source` is then at the dataset
+        meta = list(data_element_generator(source, False, True, stop_when=lambda tag, *_: tag.group != 2))
+        syntax = next((e.value for e in meta if e.tag == TRANSFER_SYNTAX_TAG), b"")
+        if bytes(syntax).rstrip(b"\0 ").decode("ascii", "replace") != DeflatedExplicitVRLittleEndian:
+            return
+        inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof and (piece := source.read(4096)):
+            size += len(inflater.decompress(piece))
+            if size > max_bytes:
+                raise DecodeFailure(
+                    Reason.TOO_LARGE, f"a Deflated dataset inflating past the limit of {max_bytes:,} bytes"
+                )
+    finally:
+        source.seek(start)
+
+
+@judged_alone
+def frame_bytes(ds: Dataset) -> int:
+    """What one frame of `ds` decodes to, in bytes, from its header alone."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    depth = (int(ds.get("BitsAllocated", 16) or 16) + 7) // 8
+    return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * samples * depth
+
+
+def _check_size(decoded_bytes: int, config: ImagingSettings) -> None:
+    if decoded_bytes > config.max_image_bytes:
+        limit = f"the limit of {config.max_image_bytes:,} (max_image_mb)"
+        raise DecodeFailure(Reason.TOO_LARGE, f"pixel data decoding to {decoded_bytes:,} bytes, past {limit}")
 
 
 def _check_dimensions(rows: int, cols: int, config: ImagingSettings) -> None:
@@ -117,26 +176,19 @@ def _check_dimensions(rows: int, cols: int, config: ImagingSettings) -> None:
 
 
 def _stored_pixels(ds: Dataset) -> np.ndarray:
-    """The first frame's stored values, or the failure that explains why there are none."""
+    """The first frame's stored values, or the failure that explains why there are none.
+    Not kept in `ds` (as `ds.pixel_array` would): a CT's slices are decoded one at a time."""
     if "PixelData" not in ds:
         raise DecodeFailure(Reason.NO_PIXEL_DATA, "no pixel data element")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        pixels = ds.pixel_array
+        return pixel_array(ds, index=0)
     except Exception as exc:  # decoders raise many types; all mean the same here
         if syntax is not None and syntax.is_compressed:
             detail = f"cannot decode transfer syntax {syntax} ({type(exc).__name__})"
             raise DecodeFailure(Reason.UNDECODABLE_PIXEL_DATA, detail) from None
         detail = f"pixel data does not match the header ({type(exc).__name__})"
         raise DecodeFailure(Reason.UNREADABLE_FILE, detail) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    return pixels[0] if frames > 1 else pixels
-
-
-@judged_alone
-def read_modality(data: bytes) -> str:
-    """The Modality of DICOM bytes ("" if absent), read without the pixels."""
-    return str(read_dicom(data, stop_before_pixels=True).get("Modality", ""))
 
 
 @judged_alone
@@ -148,6 +200,7 @@ def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
         detail = "no modality" if not modality else "a modality other than CR or DX: not a radiograph"
         raise DecodeFailure(Reason.UNSUPPORTED_MODALITY, detail)
     _check_dimensions(ds.get("Rows", 0), ds.get("Columns", 0), config)
+    _check_size(frame_bytes(ds), config)
     stored = _stored_pixels(ds)
     if stored.ndim != 2:
         raise DecodeFailure(Reason.BAD_DIMENSIONS, f"expected one grey channel, got shape {stored.shape}")
@@ -164,22 +217,40 @@ def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
     return square(scaled, config.xray_size)
 
 
-@judged_alone
-def picture_pixels(data: bytes, config: ImagingSettings) -> np.ndarray:
-    """A chest radiograph exported as PNG or JPEG, as model input. Returns (S, S) float32 in
-    [0, 1], S = xray_size, as `xray_pixels` does for DICOM."""
+@contextlib.contextmanager
+def _picture(data: bytes) -> Iterator[Any]:
+    """The PIL image of PNG or JPEG bytes (pixels decoded when first read), with every
+    error of reading it an UNREADABLE_FILE."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as picture:
             if picture.format not in ("PNG", "JPEG"):
                 raise DecodeFailure(Reason.UNREADABLE_FILE, f"a {picture.format} picture, not PNG or JPEG")
-            _check_dimensions(picture.height, picture.width, config)
-            deep = picture.mode in ("I", "I;16", "I;16B", "F")
-            values = np.asarray(picture if deep else picture.convert("L"), dtype=np.float32)
+            yield picture
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         detail = f"not a readable PNG or JPEG ({type(exc).__name__})"
         raise DecodeFailure(Reason.UNREADABLE_FILE, detail) from None
+
+
+@judged_alone
+def picture_bytes(data: bytes) -> int:
+    """What a PNG or JPEG decodes to, in bytes, from its header alone."""
+    from PIL import ImageMode
+
+    with _picture(data) as picture:
+        mode = ImageMode.getmode(picture.mode)
+        return picture.width * picture.height * len(mode.bands) * np.dtype(mode.typestr).itemsize
+
+
+@judged_alone
+def picture_pixels(data: bytes, config: ImagingSettings) -> np.ndarray:
+    """A chest radiograph exported as PNG or JPEG, as model input. Returns (S, S) float32 in
+    [0, 1], S = xray_size, as `xray_pixels` does for DICOM."""
+    with _picture(data) as picture:
+        _check_dimensions(picture.height, picture.width, config)
+        deep = picture.mode in ("I", "I;16", "I;16B", "F")
+        values = np.asarray(picture if deep else picture.convert("L"), dtype=np.float32)
     if deep:
         lo, hi = np.percentile(values, [0.5, 99.5])
         scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
@@ -214,15 +285,20 @@ def ct_volume(slices: list[Dataset], config: ImagingSettings) -> np.ndarray:
     if len(shapes) != 1:
         raise DecodeFailure(Reason.BAD_DIMENSIONS, f"slices of different sizes {sorted(shapes)}")
     _check_dimensions(*shapes.pop(), config)
-    hu = np.stack([apply_modality_lut(_stored_pixels(ds), ds).astype(np.float32) for ds in ordered])
-    low = config.ct_window_center - config.ct_window_width / 2
-    windowed = np.clip((hu - low) / config.ct_window_width, 0.0, 1.0)
-    size = (config.ct_slices, config.ct_size, config.ct_size)
+    _check_size(sum(frame_bytes(ds) for ds in ordered), config)
     import torch  # see square()
     from monai.transforms import Resize
 
-    resampled = Resize(spatial_size=size, mode="trilinear")(torch.from_numpy(windowed)[None])
-    return np.asarray(resampled[0], dtype=np.float32)
+    # trilinear resampling is separable: in-plane per slice, then along the normal
+    in_plane = Resize(spatial_size=(config.ct_size, config.ct_size), mode="bilinear")
+    low = config.ct_window_center - config.ct_window_width / 2
+    planes = torch.empty((len(ordered), config.ct_size, config.ct_size))
+    for index, ds in enumerate(ordered):
+        hu = apply_modality_lut(_stored_pixels(ds), ds).astype(np.float32)
+        windowed = np.clip((hu - low) / config.ct_window_width, 0.0, 1.0, dtype=np.float32)
+        planes[index] = in_plane(torch.from_numpy(windowed)[None])[0]
+    along = Resize(spatial_size=(config.ct_slices, config.ct_size, config.ct_size), mode="trilinear")
+    return np.asarray(along(planes[None])[0], dtype=np.float32)
 
 
 def sort_along_normal(slices: list[Dataset], tolerance: float) -> list[Dataset]:

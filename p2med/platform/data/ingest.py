@@ -72,13 +72,15 @@ class IngestSummary:
         return self.files_read / self.seconds if self.seconds else float("inf")
 
 
-def read_headers(batch: dict[str, np.ndarray], raw_uri: str, storage: StorageSettings) -> dict[str, list]:
+def read_headers(
+    batch: dict[str, np.ndarray], raw_uri: str, storage: StorageSettings, max_bytes: int
+) -> dict[str, list]:
     """Pass 1: each path -> its header, or why it cannot be used (JSON). Runs in Ray Data
-    workers; also usable in one process."""
+    workers; also usable in one process. `max_bytes`: what a Deflated file may inflate to."""
     raw = resolve(raw_uri, storage)
     out = []
     for path in batch["path"]:
-        result = read_header(raw, str(path))
+        result = read_header(raw, str(path), max_bytes)
         if isinstance(result, Quarantined):
             out.append(json.dumps({"quarantined": [result.input, result.reason.value, result.detail]}))
         else:
@@ -97,14 +99,15 @@ def decode_rows(
         row = {name: item.get(name) for name in SHARD_SCHEMA.names}
         if item["xray_path"]:
             try:
-                ds = read_dicom(raw.join(item["xray_path"]).read_bytes())
+                ds = read_dicom(raw.join(item["xray_path"]).read_bytes(), imaging.max_image_bytes)
                 row["xray"] = encode_pixels(xray_pixels(ds, imaging))
             except DecodeFailure as failure:
                 failures.append([item["xray_path"], failure.reason.value, failure.detail])
                 row["xray_report"] = None  # a report is only a sample together with its image
         if item["ct_paths"]:
             try:
-                slices = [read_dicom(raw.join(p).read_bytes()) for p in item["ct_paths"]]
+                files = [raw.join(p).read_bytes() for p in item["ct_paths"]]
+                slices = [read_dicom(data, imaging.max_image_bytes) for data in files]
                 row["ct"] = encode_pixels(ct_volume(slices, imaging))
             except DecodeFailure as failure:
                 failures.append([item["ct_folder"], failure.reason.value, failure.detail])
@@ -180,7 +183,15 @@ def ingest(raw: Location, shards: Location, config: IngestSettings) -> IngestSum
 
     header_rows = (
         ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        .map_batches(read_headers, fn_kwargs={"raw_uri": raw.uri, "storage": raw.storage}, batch_size=64)
+        .map_batches(
+            read_headers,
+            fn_kwargs={
+                "raw_uri": raw.uri,
+                "storage": raw.storage,
+                "max_bytes": config.imaging.max_image_bytes,
+            },
+            batch_size=64,
+        )
         .take_all()
         if paths
         else []

@@ -17,6 +17,7 @@ class Reason(StrEnum):
     UNDECODABLE_PIXEL_DATA = "undecodable_pixel_data"  # a transfer syntax no handler decodes
     UNSUPPORTED_MODALITY = "unsupported_modality"  # e.g. MR among chest X-rays and CTs
     BAD_DIMENSIONS = "bad_dimensions"  # absurdly small, large or elongated images
+    TOO_LARGE = "too_large"  # would decode to more than the pixel budget (imaging.max_image_mb)
     CT_MISSING_SLICES = "ct_missing_slices"  # gaps along the slice normal
     CT_DUPLICATE_SLICES = "ct_duplicate_slices"  # two slices at one position
     CT_UNEVEN_SPACING = "ct_uneven_spacing"  # spacing varies beyond tolerance

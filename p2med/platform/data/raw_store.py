@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from p2med.platform.data.deid import header_identifiers
 from p2med.platform.data.imaging import DecodeFailure, judged_alone, read_dicom
@@ -18,7 +19,6 @@ from p2med.platform.storage import Location
 
 REPORTS_FILE = "reports.jsonl"
 RECORDS_FILE = "records.jsonl"
-HEADER_BYTES = 64 * 1024  # enough for any header we read; pixel data follows it
 
 
 @dataclass(frozen=True)
@@ -41,19 +41,19 @@ def dicom_paths(raw: Location) -> list[str]:
     return [p for p in raw.list_files() if p.lower().endswith(".dcm")]
 
 
-def read_header(raw: Location, path: str) -> DicomHeader | Quarantined:
-    """The header of `path`, or why it cannot be used."""
-    with raw.join(path).open("rb") as f:
-        head = f.read(HEADER_BYTES)
+def read_header(raw: Location, path: str, max_bytes: int) -> DicomHeader | Quarantined:
+    """The header of `path` (all of it, whatever its size: read up to the pixel data), or
+    why it cannot be used. `max_bytes` bounds what a Deflated file may inflate to."""
     try:
-        return _header(path, head)
+        with raw.join(path).open("rb") as f:
+            return _header(path, f, max_bytes)
     except DecodeFailure as failure:
         return Quarantined(path, failure.reason, failure.detail)
 
 
 @judged_alone
-def _header(path: str, head: bytes) -> DicomHeader:
-    ds = read_dicom(head, stop_before_pixels=True)
+def _header(path: str, f: BinaryIO, max_bytes: int) -> DicomHeader:
+    ds = read_dicom(f, max_bytes, stop_before_pixels=True)
     if "SOPClassUID" not in ds and "Modality" not in ds:
         raise DecodeFailure(Reason.UNREADABLE_FILE, "no SOP class or modality: not an image")
     return DicomHeader(

@@ -14,21 +14,25 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate
 from pydicom.tag import Tag
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from p2med.platform.data.imaging import (
     DecodeFailure,
     ImagingSettings,
     ct_volume,
+    frame_bytes,
     read_dicom,
     square,
     xray_pixels,
 )
 from p2med.platform.data.quarantine import Reason
+from p2med.platform.data.raw_store import read_header
 from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth.faults import make_faults
+from p2med.platform.storage import resolve
 
 CONFIG = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
+LIMIT = CONFIG.max_image_bytes
 
 
 def as_radiograph(name: str) -> pydicom.Dataset:
@@ -151,7 +155,7 @@ def test_every_file_fault_of_the_generator_is_refused_with_its_reason():
         if not files or entry["kind"] == "image_without_report":  # JSONL lines; a sound image
             continue
         with pytest.raises(DecodeFailure) as failure:
-            slices = [read_dicom(data) for data in files]
+            slices = [read_dicom(data, LIMIT) for data in files]
             if entry["inputs"][0].startswith("dicom/xray/"):
                 xray_pixels(slices[0], CONFIG)
             else:
@@ -194,7 +198,7 @@ def malformed_radiographs() -> dict[str, bytes]:
 @pytest.mark.parametrize("name", list(malformed_radiographs()))
 def test_a_malformed_header_is_that_files_failure_and_quotes_no_value(name):
     with pytest.raises(DecodeFailure) as failure:
-        xray_pixels(read_dicom(malformed_radiographs()[name]), CONFIG)
+        xray_pixels(read_dicom(malformed_radiographs()[name], LIMIT), CONFIG)
     assert failure.value.reason == Reason.UNREADABLE_FILE
     assert "malformed" in failure.value.detail and "abc" not in str(failure.value)
 
@@ -210,3 +214,58 @@ def test_a_refusal_quotes_no_header_value():
             decode()
         assert failure.value.reason == Reason.UNSUPPORTED_MODALITY
         assert "SMITH" not in str(failure.value)
+
+
+def deflated(ds: pydicom.Dataset) -> bytes:
+    """`ds` saved in the Deflated Explicit VR Little Endian transfer syntax."""
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_deflated_file_decodes_within_its_budget_and_is_refused_past_it_before_it_inflates():
+    data = deflated(as_radiograph("MR_small.dcm"))
+    reference = xray_pixels(as_radiograph("MR_small.dcm"), CONFIG)
+    assert np.array_equal(xray_pixels(read_dicom(data, LIMIT), CONFIG), reference)
+    big = as_radiograph("MR_small.dcm")
+    big.Rows = big.Columns = 2048  # 8 MiB of zeros in a few KB
+    big.PixelData = bytes(2048 * 2048 * 2)
+    bomb = deflated(big)
+    assert len(bomb) < 2**16
+    for stop_before_pixels in (True, False):  # a header read inflates the whole dataset too
+        with pytest.raises(DecodeFailure, match=r"inflating past the limit of 1,048,576 bytes") as failure:
+            read_dicom(bomb, 2**20, stop_before_pixels=stop_before_pixels)
+        assert failure.value.reason == Reason.TOO_LARGE
+
+
+def test_images_past_the_pixel_budget_are_refused_from_their_headers():
+    small_budget = CONFIG.model_copy(update={"max_image_mb": 4096 / 2**20})  # 64 x 64 x 2 bytes = 8,192
+    with pytest.raises(DecodeFailure, match=r"decoding to 8,192 bytes, past the limit of 4,096") as xray:
+        xray_pixels(as_radiograph("MR_small.dcm"), small_budget)
+    series = ct_slices(6)  # 6 slices of 128 x 128 x 2 bytes: each within, together past
+    budget = CONFIG.model_copy(update={"max_image_mb": 3 * 128 * 128 * 2 / 2**20})
+    with pytest.raises(DecodeFailure, match=r"decoding to 196,608 bytes") as ct:
+        ct_volume(series, budget)
+    assert xray.value.reason == ct.value.reason == Reason.TOO_LARGE
+
+
+def test_of_a_multi_frame_file_only_the_first_frame_is_decoded():
+    single = as_radiograph("MR_small.dcm")
+    frames = as_radiograph("MR_small.dcm")
+    others = np.full((2, frames.Rows, frames.Columns), 7, dtype=np.int16)
+    frames.PixelData = single.PixelData + others.tobytes()
+    frames.NumberOfFrames = 3
+    budget = CONFIG.model_copy(update={"max_image_mb": frame_bytes(single) / 2**20})  # one frame's worth
+    assert frame_bytes(frames) == frame_bytes(single)
+    assert np.array_equal(xray_pixels(frames, budget), xray_pixels(single, budget))
+
+
+def test_the_ingest_reads_a_header_whole_past_a_large_private_element(tmp_path):
+    """Pixel data comes last, but a header may hold any amount before the patient's name."""
+    ds = as_radiograph("MR_small.dcm")
+    ds.PatientName, ds.PatientID = "Doe^Jane", "PID-1"
+    ds.private_block(0x0009, "P2MED TEST", create=True).add_new(0x01, "OB", bytes(200_000))
+    ds.save_as(tmp_path / "big-header.dcm", enforce_file_format=True)
+    header = read_header(resolve(str(tmp_path)), "big-header.dcm", LIMIT)
+    assert header.patient_id == "PID-1" and "Doe^Jane" in header.identifiers
