@@ -49,7 +49,7 @@ from p2med.platform.data.deid import DeidSettings
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
-from p2med.platform.data.shards import read_manifest, read_shard, shard_paths
+from p2med.platform.data.shards import read_manifest, read_shard, shard_files
 from p2med.platform.data.stage_datasets import (
     ROWS_PER_BATCH,
     StreamSpec,
@@ -113,8 +113,8 @@ def baseline_batches(
     """Shard by shard, the same reader and transform as the Ray tasks, cut into batches."""
     fs = shards.arrow_filesystem()
     rest: dict[str, np.ndarray] | None = None
-    for path in shard_paths(shards, read_manifest(shards)):
-        for rows in read_shard(path, fs, columns_for(STAGE), ROWS_PER_BATCH):
+    for shard in shard_files(shards, read_manifest(shards)):
+        for rows in read_shard(shard, fs, columns_for(STAGE), ROWS_PER_BATCH):
             arrays, _ = encode_rows(rows, spec)
             if rest is not None:
                 arrays = {key: np.concatenate([rest[key], value]) for key, value in arrays.items()}

@@ -53,7 +53,7 @@ def save_model(
     if is_remote(uri):
         with tempfile.TemporaryDirectory(prefix="p2med-save-") as local:
             _write(model, tokenizer, Path(local))
-            upload(local, uri, fs)
+            upload(local, uri, fs, last=CONFIG_FILE)  # config last, as on local disk
     else:
         _write(model, tokenizer, Path(local_path(uri)))
 

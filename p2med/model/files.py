@@ -65,10 +65,25 @@ def cached_copy(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
     return str(target)
 
 
-def upload(local: str, uri: str, fs: fsspec.AbstractFileSystem | None = None) -> None:
-    """Copy the local folder `local` to the remote folder `uri`."""
+def upload(
+    local: str, uri: str, fs: fsspec.AbstractFileSystem | None = None, last: str | None = None
+) -> None:
+    """Copy the local folder `local` to the remote folder `uri`. `last`, a file at the
+    folder's top that says it is complete, is removed there first and copied after
+    everything else: object stores write files in no set order, and a copy cut short
+    must not look whole."""
     fs, path = remote(uri, fs)
-    fs.put(local.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
+    path = path.rstrip("/")
+    if last is not None and fs.exists(f"{path}/{last}"):
+        fs.rm_file(f"{path}/{last}")
+    for root, _, names in os.walk(local):
+        for name in names:
+            source = os.path.join(root, name)
+            relative = os.path.relpath(source, local).replace(os.sep, "/")
+            if relative != last:
+                fs.put_file(source, f"{path}/{relative}")
+    if last is not None:
+        fs.put_file(os.path.join(local, last), f"{path}/{last}")
 
 
 def download(uri: str, local: str, fs: fsspec.AbstractFileSystem | None = None) -> None:

@@ -220,6 +220,24 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
+    def create(self, data: bytes) -> bool:
+        """Write this file only if it does not exist yet, in one step two writers cannot
+        both win (an exclusive create on local disk, a conditional write on S3). Returns
+        whether this call wrote it."""
+        with self._errors("write"):
+            try:
+                if self.is_s3:
+                    with self.fs.open(self.path, "xb") as f:
+                        f.write(data)
+                else:
+                    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+            except FileExistsError:
+                return False
+        return True
+
     def remove(self) -> None:
         """Delete this file or folder and everything below it; absent is fine."""
         with self._errors("delete"):

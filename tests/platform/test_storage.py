@@ -137,3 +137,13 @@ def test_is_empty(location_uri):
     root.join("deep/down/file.txt").write_text("x")
     assert not root.is_empty() and root.join("deep").is_dir()
     assert not root.join("deep/down/file.txt").is_empty()
+
+
+def test_create_writes_a_file_only_once(location_uri):
+    """What the ingest's lock rests on: of two writers, one creates the file."""
+    uri, storage = location_uri  # local disk and the S3 server (a conditional write)
+    lock = resolve(uri, storage).join("locks", "a.lock")
+    assert lock.create(b"first") and not lock.create(b"second")
+    assert lock.read_bytes() == b"first"
+    lock.remove()
+    assert lock.create(b"third")

@@ -16,10 +16,13 @@ new data folder, swaps the manifest, then removes the old folder.
 from __future__ import annotations
 
 import collections
+import contextlib
+import datetime
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +46,7 @@ from p2med.platform.data.raw_store import (
 from p2med.platform.data.shards import (
     DATA_PREFIX,
     KIND,
+    LOCK,
     MANIFEST,
     SHARD_SCHEMA,
     TEXT_COLUMNS,
@@ -165,11 +169,36 @@ def ingest(raw: Location, shards: Location, config: IngestSettings) -> IngestSum
     """Ingest `raw` into `shards`, replacing an earlier ingest there.
 
     Raises:
-        P2MedError: no key, nothing to ingest, or a location that is unusable or foreign.
+        P2MedError: no key, nothing to ingest, a location that is unusable or foreign, or
+            another ingest writing into `shards`.
     """
     started = time.perf_counter()
     pseudonyms = Pseudonymizer(resolve_key(config.deid))
     _check_shards_location(shards)
+    with _locked(shards):
+        return _ingest(raw, shards, config, pseudonyms, started)
+
+
+@contextlib.contextmanager
+def _locked(shards: Location) -> Iterator[None]:
+    """Holds the shards location's lock file: an ingest replaces the data folders it finds,
+    so two at once would delete each other's."""
+    lock = shards.join(LOCK)
+    stamp = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    if not lock.create(json.dumps(stamp).encode()):
+        raise P2MedError(
+            f"another ingest is writing into {shards.uri} (it holds {lock.uri}); wait for it to end, "
+            f"or delete that file if its run was killed"
+        )
+    try:
+        yield
+    finally:
+        lock.remove()
+
+
+def _ingest(
+    raw: Location, shards: Location, config: IngestSettings, pseudonyms: Pseudonymizer, started: float
+) -> IngestSummary:
     if not raw.exists():
         raise P2MedError(f"raw store {raw.uri} does not exist")
     paths = dicom_paths(raw)
@@ -296,7 +325,7 @@ def _check_shards_location(shards: Location) -> None:
         if not ours:
             raise P2MedError(f"shards location {shards.uri} holds a manifest.json that is not ours")
         return
-    foreign = [p for p in shards.list_files() if not p.startswith(DATA_PREFIX)]
+    foreign = [p for p in shards.list_files() if not p.startswith(DATA_PREFIX) and p != LOCK]
     if foreign:
         raise P2MedError(
             f"shards location {shards.uri} is not empty and holds no P2Med shards; choose an empty location"

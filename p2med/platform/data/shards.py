@@ -4,18 +4,22 @@ Layout under a shards location:
 
     data-<run id>/part-<sha256 prefix>.parquet   one row per patient (SHARD_SCHEMA)
     manifest.json                               written last; names the data folder
+    ingest.lock                                 while an ingest writes here
 
 The manifest holds `kind` and `schema_version`, the data folder (`data`), the `imaging`
 settings the pixels were made with, the `split` settings, counts (`patients`, `samples`
 per task and split, `dicom_files`), the `shards` as {path, rows, sha256} and the
 `quarantined` inputs. Readers follow the manifest, so they never see a half-written data
-set. Images are float16 bytes in [0, 1] of the sizes in `imaging` (`image_shapes`).
+set, and check every file against its checksum before using it. Images are float16 bytes
+in [0, 1] of the sizes in `imaging` (`image_shapes`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from p2med.platform.storage import Location
 KIND = "p2med-shards"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = "ingest.lock"
 DATA_PREFIX = "data-"
 
 _PATIENT_FIELDS = [
@@ -80,16 +85,43 @@ def write_manifest(shards: Location, manifest: dict[str, Any]) -> None:
     shards.join(MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
-def shard_paths(shards: Location, manifest: dict[str, Any]) -> list[str]:
-    """The shard files the manifest lists, as `shards.arrow_filesystem()` spells them."""
-    return [shards.join(manifest["data"], entry["path"]).arrow_path() for entry in manifest["shards"]]
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard file as the manifest lists it."""
+
+    path: str  # as the shards location's `arrow_filesystem()` spells it
+    sha256: str  # of the file's bytes
 
 
-def read_shard(path: str, filesystem: Any, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
-    """The `columns` of one shard file, `rows` rows (patients) at a time."""
-    with filesystem.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=list(columns)):
-            yield pa.Table.from_batches([batch])
+def shard_files(shards: Location, manifest: dict[str, Any]) -> list[ShardFile]:
+    """The shard files the manifest lists."""
+    return [
+        ShardFile(shards.join(manifest["data"], entry["path"]).arrow_path(), entry["sha256"])
+        for entry in manifest["shards"]
+    ]
+
+
+def checked_bytes(shard: ShardFile, filesystem: Any) -> pa.Buffer:
+    """The bytes of a shard file, once they match the manifest's checksum.
+
+    Raises:
+        P2MedError: the file changed, or was cut short, after the ingest wrote it.
+    """
+    with filesystem.open_input_file(shard.path) as f:
+        data = f.read_buffer()
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
+        raise P2MedError(
+            f"shard {shard.path} does not match the checksum in its manifest: it changed after the "
+            f"ingest wrote it; ingest the raw store again"
+        )
+    return data
+
+
+def read_shard(shard: ShardFile, filesystem: Any, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+    """The `columns` of one (checked) shard file, `rows` rows (patients) at a time."""
+    parquet = pq.ParquetFile(pa.BufferReader(checked_bytes(shard, filesystem)))
+    for batch in parquet.iter_batches(batch_size=rows, columns=list(columns)):
+        yield pa.Table.from_batches([batch])
 
 
 def split_rows(
@@ -98,9 +130,9 @@ def split_rows(
     """The rows (dicts of `columns`) of the `split` patients, shard by shard, on the caller's
     process: no Ray needed."""
     fs = shards.arrow_filesystem()
-    for path in shard_paths(shards, manifest):
-        table = pq.read_table(path, filesystem=fs, columns=list(columns), filters=[("split", "==", split)])
-        yield from table.to_pylist()
+    for shard in shard_files(shards, manifest):
+        data = pa.BufferReader(checked_bytes(shard, fs))
+        yield from pq.read_table(data, columns=list(columns), filters=[("split", "==", split)]).to_pylist()
 
 
 def image_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,12 @@ from p2med.platform.data.prompts import INSTRUCTIONS, Sample, image_report, row_
 from p2med.platform.data.shards import (
     IMAGE_COLUMNS,
     TEXT_COLUMNS,
+    ShardFile,
     decode_pixels,
     image_shapes,
     read_manifest,
     read_shard,
-    shard_paths,
+    shard_files,
     split_rows,
 )
 from p2med.platform.data.stage_settings import StageDataSettings
@@ -126,11 +127,11 @@ def stage_dataset(
     """
     manifest = read_manifest(shards)
     spec = stream_spec(manifest, stage, split, config)
-    paths = shard_paths(shards, manifest)
+    files = shard_files(shards, manifest)
     # Not ray.data.read_parquet: in Ray 2.60 it reads footers on an actor pool started for
     # every pass and bin-packs files into 128 MiB read tasks whatever override_num_blocks
     # says, so a small ingest's shards ran as one task on one CPU (docs/development.md).
-    items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
+    items = ray.data.from_items([asdict(f) for f in files], override_num_blocks=len(files))
     return items.map_batches(
         _encode_shards,
         fn_kwargs={"spec": spec, "filesystem": shards.arrow_filesystem(), "dropped": dropped},
@@ -141,9 +142,11 @@ def stage_dataset(
 def _encode_shards(
     batch: dict[str, np.ndarray], spec: StreamSpec, filesystem: Any, dropped: Any
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray task: shard paths -> blocks of encoded samples, streamed as they are made."""
-    for path in batch["path"]:
-        for rows in read_shard(str(path), filesystem, columns_for(spec.stage), ROWS_PER_BATCH):
+    """Ray task: shard files (`ShardFile` fields) -> blocks of encoded samples, streamed as
+    they are made."""
+    for path, sha256 in zip(batch["path"], batch["sha256"], strict=True):
+        shard = ShardFile(str(path), str(sha256))
+        for rows in read_shard(shard, filesystem, columns_for(spec.stage), ROWS_PER_BATCH):
             arrays, too_long = encode_rows(rows, spec)
             if too_long and dropped is not None:
                 ray.get(dropped.add.remote(too_long))

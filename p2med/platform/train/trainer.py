@@ -84,7 +84,7 @@ def train(
         tokenizer_dir = _tokenizer(shards, output, settings, stages[0], scratch)
         for stage in stages:
             stage_dir = output.join(f"stage{stage}")
-            if resume and stage_dir.join(MODEL_DIR, "p2med_config.json").exists():
+            if resume and _finished(stage_dir.join(MODEL_DIR)):
                 print(f"train: stage {stage} already finished ({stage_dir.join(MODEL_DIR).uri}); skipping")
                 summary.stages.append(StageResult(stage, 0.0, stage_dir.join(MODEL_DIR).uri, skipped=True))
                 continue
@@ -109,8 +109,9 @@ def _run_stage(
     previous = output.join(f"stage{stage - 1}", MODEL_DIR) if stage > 1 else None
     _check_previous_stage(output, stage)
     # a fresh start: no checkpoint of an earlier attempt may be picked up; a resumed one
-    # keeps its checkpoints, but an earlier divergence is news no more
-    for name in (NAN_MARKER,) if resume else (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
+    # keeps its checkpoints, but an earlier divergence is news no more, and a model folder
+    # there is one cut short (else the stage would have been skipped)
+    for name in (NAN_MARKER, MODEL_DIR) if resume else (MODEL_DIR, "ray", NAN_MARKER, "loss.png"):
         if stage_dir.join(name).exists():
             stage_dir.join(name).remove()
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -323,6 +324,15 @@ def _check_previous_stage(output: Location, stage: int) -> None:
             f"stage {stage} starts from {previous.uri}, a model with its LoRA merged into the LLM; "
             f"training needs the adapters: put stage {stage - 1}'s unmerged model there"
         )
+
+
+def _finished(model: Location) -> bool:
+    """Whether a stage's model folder is complete (a crash while saving can leave a part)."""
+    try:
+        check_model_folder(model.uri, model.fs)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def has_progress(output: Location, stages: list[int]) -> bool:

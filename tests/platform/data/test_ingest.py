@@ -180,6 +180,7 @@ def test_rerun_replaces_and_leaves_no_mix(ingested, tmp_path):
     ingest(resolve(str(raw)), out, CONFIG)
     folders = [p.name for p in (tmp_path / "shards").iterdir() if p.is_dir()]
     assert folders == [manifest_of(tmp_path / "shards")["data"]]
+    assert not (tmp_path / "shards" / "ingest.lock").exists()  # released
 
 
 def test_refuses_foreign_location_and_missing_key(ingested, tmp_path, monkeypatch):
@@ -187,6 +188,14 @@ def test_refuses_foreign_location_and_missing_key(ingested, tmp_path, monkeypatc
     (tmp_path / "notes.txt").write_text("keep")
     with pytest.raises(P2MedError, match="not empty and holds no P2Med shards"):
         ingest(resolve(str(raw)), resolve(str(tmp_path)), CONFIG)
+    # a location another ingest is writing into (its lock there): refused, its data kept
+    busy = tmp_path / "busy"
+    (busy / "data-of-the-other-run").mkdir(parents=True)
+    (busy / "ingest.lock").write_text("{}")
+    held = r"another ingest is writing into .*busy \(it holds .*ingest\.lock\)"
+    with pytest.raises(P2MedError, match=held):
+        ingest(resolve(str(raw)), resolve(str(busy)), CONFIG)
+    assert sorted(p.name for p in busy.iterdir()) == ["data-of-the-other-run", "ingest.lock"]
     monkeypatch.delenv("P2MED_DEID_KEY", raising=False)
     with pytest.raises(P2MedError, match="no de-identification key"):
         ingest(

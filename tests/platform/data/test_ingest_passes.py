@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 
@@ -93,3 +94,13 @@ def test_readers_refuse_shards_they_cannot_read(small_ingest, tmp_path):
         manifest_file.write_text(json.dumps(small_ingest.manifest | change))
         with pytest.raises(P2MedError, match=message):
             read_manifest(copy)
+
+    # a shard changed after the ingest (same size, one byte flipped): refused, named
+    changed = tmp_path / "changed"
+    shutil.copytree(small_ingest.shards.path, changed)
+    [part] = (changed / small_ingest.manifest["data"]).glob("*.parquet")
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    with pytest.raises(P2MedError, match=rf"shard .*{part.name} does not match the checksum in its manifest"):
+        list(split_rows(resolve(str(changed)), small_ingest.manifest, "train", ["patient"]))

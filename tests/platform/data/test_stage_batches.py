@@ -12,7 +12,7 @@ from p2med.model.batch import ATTENTION_MASK, INPUT_IDS, LABELS, TASK, shown_col
 from p2med.model.interleave import IGNORE_INDEX
 from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.prompts import INSTRUCTIONS, row_texts, stage_samples
-from p2med.platform.data.shards import SHARD_SCHEMA, read_shard, shard_paths, split_rows
+from p2med.platform.data.shards import SHARD_SCHEMA, read_shard, shard_files, split_rows
 from p2med.platform.data.stage_datasets import columns_for, corpus, encode_rows, stage_dataset, stream_spec
 from p2med.platform.data.stage_settings import StageDataSettings, TaskWeights
 from p2med.platform.data.tasks import TASKS, tasks_for
@@ -25,8 +25,8 @@ def encoded(small_ingest, config: StageDataSettings, stage: int, split: str = "t
     """The stream spec, the split's rows, and what `encode_rows` makes of the shard."""
     manifest, shards = small_ingest.manifest, small_ingest.shards
     spec = stream_spec(manifest, stage, split, config)
-    [path] = shard_paths(shards, manifest)
-    [table] = read_shard(path, shards.arrow_filesystem(), columns_for(stage), rows=1000)
+    [shard] = shard_files(shards, manifest)
+    [table] = read_shard(shard, shards.arrow_filesystem(), columns_for(stage), rows=1000)
     rows = list(split_rows(shards, manifest, split, SHARD_SCHEMA.names))
     return spec, rows, *encode_rows(table, spec)
 

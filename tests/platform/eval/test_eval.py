@@ -32,6 +32,7 @@ from p2med.platform.eval.settings import CONTROLS, BenchmarkSettings, EvalSettin
 from p2med.platform.storage import resolve
 from p2med.platform.train.settings import TrainSettings
 from p2med.platform.train.trainer import model_config_for
+from tests.support.shards import replace_shard
 
 pytestmark = pytest.mark.slow  # the shards come from an ingest on a local Ray; inference runs on it
 
@@ -159,7 +160,7 @@ def test_a_sample_that_cannot_be_generated_is_recorded_and_the_run_goes_on(shard
         else:
             continue
         table = pq.read_table(path)
-        pq.write_table(table.from_pylist(rows, schema=table.schema), path)
+        replace_shard(copy, path, table.from_pylist(rows, schema=table.schema))
         break
     settings = QUICK.model_copy(
         update={"benchmark": BenchmarkSettings(samples=60, tasks=["outpatient_record"]), "controls": []}

@@ -34,6 +34,7 @@ from p2med.platform.train.settings import (
 )
 from p2med.platform.train.trainer import train
 from tests.platform.train.conftest import STAGE2_STEPS, mlflow_runs, unpacked_mlruns
+from tests.support.shards import replace_shard
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def poisoned_copy(shards: Path, target: Path) -> Path:
             column = table.column(kind).to_pylist()
             nan = [None if b is None else np.full(len(b) // 2, np.nan, np.float16).tobytes() for b in column]
             table = table.set_column(table.schema.get_field_index(kind), kind, pa.array(nan, pa.binary()))
-        pq.write_table(table, path)
+        replace_shard(target, path, table)
     return target
 
 
@@ -92,7 +93,9 @@ def test_resume_goes_on_from_the_latest_checkpoint_and_a_nan_loss_stops_it_there
     run = resolve(job.uri.rsplit("/", 1)[0] + "/resumed", job.storage)
     for part in ("tokenizer", "stage1", "stage2", "mlruns"):
         job.fs.copy(job.join(part).path + "/", run.join(part).path + "/", recursive=True)
-    run.join("stage2", "model").remove()  # as if the run had stopped at its last checkpoint
+    # as if the run had stopped at its last checkpoint while saving the model: a folder
+    # with its config but not all of its weights is no finished stage
+    run.join("stage2", "model", "resampler.safetensors").remove()
     bad = poisoned_copy(shards, tmp_path / "poisoned")
     zero3 = DeepSpeedSettings(zero_stage=3)
     config = settings(stages=mixed(steps=STAGE2_STEPS + 2), data=IN_MEMORY, deepspeed=zero3)
