@@ -333,16 +333,20 @@ def _run(decoding: Decoding, requests: list[Request], times: list[float] | None 
     """Every request through the running batch at once; their texts."""
     waiting = [list(enumerate(requests))]
 
-    def admit(held: int) -> list:
-        if times is not None:
-            times.append(time.perf_counter())
-        return waiting.pop() if waiting else []
+    class AllAtOnce:  # the `Feed`: every request at the first admit; none leaves
+        def admit(self, held: int) -> list:
+            if times is not None:
+                times.append(time.perf_counter())
+            return waiting.pop() if waiting else []
+
+        def gone(self) -> list:
+            return []
 
     texts: dict[int, str] = {}
     finished = set()
     for check in requests:
         decoding.check(check.completion.prompt, len(check.encoded))
-    for updates in decoding.steps(admit):
+    for updates in decoding.steps(AllAtOnce()):
         for key, (text, done) in updates.items():
             texts[key] = texts.get(key, "") + text
             if done:

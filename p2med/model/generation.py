@@ -109,6 +109,7 @@ class RunningBatch:
         while batch:
             for key, (token, finished) in batch.step().items(): ...
             batch.join(...)  # more rows, at any step
+            batch.leave(["a"])  # and rows out, at any step
 
     A joining row's prefix fills a cache of its own in one forward pass; both caches are
     then left-padded to the longer one and stacked. A row leaves when it stops, and cache
@@ -214,6 +215,13 @@ class RunningBatch:
             )
             self._cache, self._logits = out.cache, _next_logits(out.logits, self._banned)
         return results
+
+    def leave(self, keys: list[Hashable]) -> None:
+        """The rows of `keys` leave the batch before its next step (their callers are gone)."""
+        leaving = set(keys)
+        staying = [i for i, row in enumerate(self._rows) if row.key not in leaving]
+        if len(staying) < len(self._rows):
+            self._keep(staying)
 
     def _keep(self, rows: list[int]) -> None:
         """Only `rows` stay; cache columns every remaining row masks out are cut."""

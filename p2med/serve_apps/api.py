@@ -19,6 +19,7 @@ LLM call, so Serve hands the encoding from one deployment to the next (by refere
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' types
 # at runtime, and Serve's class-based views cannot resolve string annotations.
+import asyncio
 import base64
 import binascii
 import hmac
@@ -67,8 +68,11 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(_error_body(status, message, kind), status_code=status, headers=headers)
+
+
+def _error_body(status: int, message: str, kind: str) -> dict:
+    return {"error": {"message": message, "type": kind, "code": status}}
 
 
 @api.exception_handler(ApiError)
@@ -224,8 +228,17 @@ async def _sse(pieces: AsyncIterator[str], ident: str, created: int, model: str)
         return f"data: {json.dumps(chunk)}\n\n"
 
     yield event({"role": "assistant", "content": ""})
-    async for piece in pieces:
-        yield event({"content": piece})
+    try:
+        async for piece in pieces:
+            yield event({"content": piece})
+    except Exception as exc:  # the status line is long sent: the stream ends with an error event
+        failure = _as_api_error(exc)
+        if isinstance(failure, ApiError):
+            body = _error_body(failure.status, failure.message, failure.kind)
+        else:  # the type only, as a 500 says
+            body = _error_body(500, f"internal error ({type(exc).__name__})", "server_error")
+        yield f"data: {json.dumps(body)}\n\n"
+        return
     yield event({}, "stop")
     yield "data: [DONE]\n\n"
 
@@ -373,31 +386,58 @@ class Ingress:
         return encodings
 
     async def _complete(self, completion: Completion, uploads: list[list[bytes]]) -> str:
-        """The completion's text in one reply from the LLM."""
+        """The completion's text in one reply from the LLM, within `request_timeout_s`."""
+        reply = None
         try:
-            encodings = await self._encodings(uploads)
-            return await self.llm.complete.remote(completion, *encodings)
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                encodings = await self._encodings(uploads)
+                reply = self.llm.complete.remote(completion, *encodings)
+                return await reply
+        except TimeoutError:
+            if reply is not None:
+                reply.cancel()  # its row leaves the running batch
+            raise self._timed_out() from None
         except Exception as exc:
             raise _as_api_error(exc) from None
 
     async def _stream(self, completion: Completion, uploads: list[list[bytes]]) -> AsyncIterator[str]:
-        """The completion's text pieces; the first is awaited here, so that a bad upload or
-        prompt, or a full app, is answered with its status before any streaming starts."""
+        """The completion's text pieces, within `request_timeout_s`; the first is awaited
+        here, so that a bad upload or prompt, or a full app, is answered with its status
+        before any streaming starts (later failures end the stream: `_sse`)."""
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        pieces = None
         try:
-            pieces = self.llm_stream.stream.remote(completion, *await self._encodings(uploads))
-            first = await pieces.__anext__()
+            async with asyncio.timeout_at(deadline):
+                pieces = self.llm_stream.stream.remote(completion, *await self._encodings(uploads))
+                first = await pieces.__anext__()
         except StopAsyncIteration:
             first = ""
+        except TimeoutError:
+            if pieces is not None:
+                pieces.cancel()
+            raise self._timed_out() from None
         except Exception as exc:
             raise _as_api_error(exc) from None
 
         async def rest() -> AsyncIterator[str]:
             if first:
                 yield first
-            async for piece in pieces:
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    piece = await asyncio.wait_for(anext(pieces), max(left, 0.0))
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    pieces.cancel()
+                    raise self._timed_out() from None
                 yield piece
 
         return rest()
+
+    def _timed_out(self) -> ApiError:
+        limit = self.settings.request_timeout_s
+        return ApiError(504, f"the request took longer than {limit:g} s (request_timeout_s)", "timeout")
 
     async def _body(self, request: Request) -> bytes:
         """The request body, refused with 413 past the size limit (also while it streams in)."""

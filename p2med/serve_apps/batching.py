@@ -8,7 +8,9 @@ batches alternating between nearly full and nearly empty under many clients (ben
 docs/performance.md), the model idle while each group went back through the ingress and
 the encoder. Here, as in inference servers' continuous batching, a request joins the
 running batch at its next step; a batch starts when the first request has waited
-`wait_s` (or the batch is full) and ends when no request is left in it or waiting.
+`wait_s` (or the batch is full) and ends when no request is left in it or waiting. A
+request whose caller stops listening (a client that disconnected, a timeout) leaves the
+batch at its next step, or never joins it.
 
 The batcher reads time through a `Clock` (the monotonic clock and asyncio's timeouts by
 default), so its tests can move time by hand instead of sleeping.
@@ -28,8 +30,20 @@ Item = TypeVar("Item")
 
 # what a batch run yields per step: for some of its requests, (new text, finished)
 Updates = dict[Hashable, tuple[str, bool]]
-# admit(held): (key, item) of requests to add to a batch that holds `held` requests
-Admit = Callable[[int], list[tuple[Hashable, Item]]]
+
+
+class Feed(Protocol[Item]):
+    """Where a batch run takes its requests, from any thread (the LLM's decode thread)."""
+
+    def admit(self, held: int) -> list[tuple[Hashable, Item]]:
+        """(key, item) of requests to add to a batch that holds `held` requests."""
+        ...
+
+    def gone(self) -> list[Hashable]:
+        """Keys of requests in the batch whose callers stopped listening since the last
+        call: the run drops them."""
+        ...
+
 
 _END = object()
 
@@ -64,6 +78,7 @@ class _Request(Generic[Item]):
     arrived: float
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # text, then _END or an exception
     finished: bool = False
+    gone: bool = False  # its caller stopped listening
 
     def finish(self, last: object = _END) -> None:
         if not self.finished:
@@ -72,18 +87,18 @@ class _Request(Generic[Item]):
 
 
 class JoiningBatcher(Generic[Item]):
-    """Runs `run(admit)`, one batch at a time, while requests are waiting or running.
+    """Runs `run(feed)`, one batch at a time, while requests are waiting or running.
 
-    `run` is an async generator that takes requests with `admit` (from any thread: the
-    LLM calls it from its decode thread) at most `max_batch_size` at once, and yields
-    `Updates` keyed by the keys `admit` gave; each request's text streams to its caller
-    as it comes, and its stream ends when it is finished (or when `run` returns). An
-    exception in `run` ends the stream of every request it had admitted and not finished
-    with that exception. `clock` is where it reads the time (tests pass one they move)."""
+    `run` is an async generator that takes requests with `feed.admit` at most
+    `max_batch_size` at once, drops those `feed.gone` names, and yields `Updates` keyed by
+    the keys `admit` gave; each request's text streams to its caller as it comes, and its
+    stream ends when it is finished (or when `run` returns). An exception in `run` ends the
+    stream of every request it had admitted and not finished with that exception. `clock`
+    is where it reads the time (tests pass one they move)."""
 
     def __init__(
         self,
-        run: Callable[[Admit[Item]], AsyncIterator[Updates]],
+        run: Callable[[Feed[Item]], AsyncIterator[Updates]],
         max_batch_size: int,
         wait_s: float,
         clock: Clock | None = None,
@@ -95,6 +110,7 @@ class JoiningBatcher(Generic[Item]):
         # appended on the event loop, taken by `admit` in the decode thread: deque's
         # append and popleft are atomic
         self._waiting: collections.deque[_Request[Item]] = collections.deque()
+        self._gone: collections.deque[_Request[Item]] = collections.deque()  # likewise
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None  # held: asyncio keeps only weak references to tasks
 
@@ -103,13 +119,18 @@ class JoiningBatcher(Generic[Item]):
         request = _Request(item, arrived=self.clock.now())
         self._waiting.append(request)
         self._wake()
-        while True:
-            piece = await request.out.get()
-            if piece is _END:
-                return
-            if isinstance(piece, BaseException):
-                raise piece
-            yield piece
+        try:
+            while True:
+                piece = await request.out.get()
+                if piece is _END:
+                    return
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+        finally:
+            if not request.finished:  # the caller stopped listening: cancelled, or closed this
+                request.gone = True
+                self._gone.append(request)
 
     def _wake(self) -> None:
         # created on first use: a Serve replica's constructor runs before its event loop
@@ -132,17 +153,9 @@ class JoiningBatcher(Generic[Item]):
             await self._run_one()
 
     async def _run_one(self) -> None:
-        admitted: list[_Request[Item]] = []
-
-        def admit(held: int) -> list[tuple[Hashable, Item]]:
-            taken = []
-            while len(taken) < self.max_batch_size - held and self._waiting:
-                taken.append(self._waiting.popleft())
-            admitted.extend(taken)
-            return [(request, request.item) for request in taken]
-
+        feed = _BatchFeed(self._waiting, self._gone, self.max_batch_size)
         try:
-            async for updates in self.run(admit):
+            async for updates in self.run(feed):
                 for request, (text, finished) in updates.items():
                     if request.finished:
                         continue
@@ -151,7 +164,33 @@ class JoiningBatcher(Generic[Item]):
                     if finished:
                         request.finish()
         except Exception as exc:  # the batch's requests fail with it; the next batch runs
-            for request in admitted:
+            for request in feed.admitted:
                 request.finish(exc)
-        for request in admitted:
+        for request in feed.admitted:
             request.finish()
+
+
+class _BatchFeed(Generic[Item]):
+    """The `Feed` of one batch run: the batcher's waiting requests, and those of its own
+    whose callers left."""
+
+    def __init__(self, waiting: collections.deque, gone: collections.deque, max_batch_size: int) -> None:
+        self.waiting, self.left, self.max_batch_size = waiting, gone, max_batch_size
+        self.admitted: list[_Request[Item]] = []
+
+    def admit(self, held: int) -> list[tuple[Hashable, Item]]:
+        taken: list[_Request[Item]] = []
+        while len(taken) < self.max_batch_size - held and self.waiting:
+            request = self.waiting.popleft()
+            if not request.gone:
+                taken.append(request)
+        self.admitted.extend(taken)
+        return [(request, request.item) for request in taken]
+
+    def gone(self) -> list[Hashable]:
+        dropped = []
+        while self.left:
+            request = self.left.popleft()
+            if request in self.admitted:
+                dropped.append(request)
+        return dropped

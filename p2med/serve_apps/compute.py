@@ -17,7 +17,7 @@ import torch
 from p2med.model.generation import GenerationSettings, RunningBatch, TextStream, encode_prompts
 from p2med.model.interleave import MODALITIES, Images
 from p2med.model.mllm import P2MedModel
-from p2med.serve_apps.batching import Admit, Updates
+from p2med.serve_apps.batching import Feed, Updates
 from p2med.serve_apps.errors import ClientError
 
 
@@ -103,16 +103,19 @@ class Decoding:
                 f"(each image takes {self.model.image_slots}); shorten it"
             )
 
-    def steps(self, admit: Admit[Request]) -> Iterator[Updates]:
-        """The running batch, `window_s` of decode steps at a time: waiting requests
-        join before each window, and after it come the updates of requests that ended or
-        stream and have new text. A request that does not stream gets its text in one
-        piece, so a batch of such requests wakes the event loop once per request, not per
-        window. Returns when no request is left in the batch or waiting."""
+    def steps(self, feed: Feed[Request]) -> Iterator[Updates]:
+        """The running batch, `window_s` of decode steps at a time: before each window,
+        requests whose callers left drop out and waiting ones join; after it come the
+        updates of requests that ended or stream and have new text. A request that does not
+        stream gets its text in one piece, so a batch of such requests wakes the event loop
+        once per request, not per window. Returns when no request is left in the batch or
+        waiting."""
         batch = RunningBatch(self.model, self.tokenizer)
         rows: dict[Hashable, _Outgoing] = {}
         while True:
-            if joining := admit(len(batch)):
+            if gone := [key for key in feed.gone() if rows.pop(key, None) is not None]:
+                batch.leave(gone)
+            if joining := feed.admit(len(batch)):
                 self._join(batch, rows, joining)
             if not batch:
                 return

@@ -24,7 +24,7 @@ from p2med.model.config import ModelConfig
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.storage import resolve
 from p2med.serve_apps.background import iterate_ahead
-from p2med.serve_apps.batching import Admit, JoiningBatcher, Updates
+from p2med.serve_apps.batching import Feed, JoiningBatcher, Updates
 from p2med.serve_apps.compute import Completion, Decoding, ImageEncoding, Request
 from p2med.serve_apps.errors import BadUpload
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
@@ -117,7 +117,7 @@ class LLM:
         async for piece in self._batcher.submit(request):
             yield piece
 
-    def _decode(self, admit: Admit[Request]) -> AsyncIterator[Updates]:
+    def _decode(self, feed: Feed[Request]) -> AsyncIterator[Updates]:
         """Updates of the running batch's requests (`Decoding.steps`), computed in a worker
         thread that does not wait for the event loop between them."""
-        return iterate_ahead(self.decoding.steps(admit))
+        return iterate_ahead(self.decoding.steps(feed))

@@ -93,10 +93,10 @@ class Recorder:
         assert self._gate is not None
         self._gate.release(steps)
 
-    def run(self, admit):
-        return iterate_ahead(self._steps(admit))
+    def run(self, feed):
+        return iterate_ahead(self._steps(feed))
 
-    def _steps(self, admit):
+    def _steps(self, feed):
         steps: list[list[str]] = []
         self.batches.append(steps)
         rows: dict[object, list] = {}  # key -> [word, steps left]
@@ -104,7 +104,9 @@ class Recorder:
             if self._gate is not None and not self._gate.acquire(timeout=GUARD_S):
                 raise RuntimeError("the test never allowed the next step")
             self.admitting_threads.add(threading.get_ident())
-            for key, (word, n) in admit(len(rows)):
+            for key in feed.gone():
+                del rows[key]
+            for key, (word, n) in feed.admit(len(rows)):
                 rows[key] = [word, n]
             if not rows:
                 with self._ended:
@@ -206,9 +208,32 @@ def test_a_request_that_finishes_early_is_answered_before_its_batch_ends():
     assert asyncio.run(scenario()) == ("s", False, "l" * 20)
 
 
+def test_a_request_whose_caller_stops_listening_leaves_at_the_next_step_or_never_joins():
+    """A client that disconnects (its request cancelled) or a caller that closes the stream."""
+
+    async def scenario():
+        recorder = Recorder(gated=True)
+        batcher = JoiningBatcher(recorder.run, max_batch_size=2, wait_s=10.0, clock=ManualClock())
+        left, stayed = batcher.submit(("a", 10)), asyncio.create_task(_text(batcher, ("b", 10)))
+        recorder.allow(2)
+        [await guarded(anext(left), f"a's step {i}") for i in (1, 2)]
+        await left.aclose()  # gone while in the batch
+        waiting = asyncio.create_task(_text(batcher, ("c", 1)))  # the batch is full: c waits
+        await asyncio.sleep(0)
+        waiting.cancel()  # gone before it joined
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        recorder.allow(100)
+        return await guarded(stayed, "b's answer"), recorder
+
+    text, recorder = asyncio.run(scenario())
+    assert text == "b" * 10
+    assert recorder.batches == [[["b", "a"]] * 2 + [["b"]] * 8]  # a left after two steps; c never came
+
+
 def test_a_failing_batch_fails_its_requests_and_the_next_batch_runs():
-    async def run(admit):
-        admitted = admit(0)
+    async def run(feed):
+        admitted = feed.admit(0)
         if any(word == "bad" for _, (word, _) in admitted):
             raise RuntimeError("the model failed")
         yield {key: (word, True) for key, (word, _) in admitted}

@@ -1,6 +1,6 @@
 """The LLM deployment's decode (`compute.Decoding`), in this process: a streaming request gets its text step
 by step, one that does not gets it in one piece, and both get the same text; a request
-that arrives while the batch runs joins it."""
+that arrives while the batch runs joins it; one whose caller left drops out."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ def decoding(model_dir) -> Decoding:
 
 
 class Arrivals:
-    """`admit` for `Decoding.steps`: wave i of (key, job) comes at its i-th call; records what the
-    batch held at each call."""
+    """The `Feed` of `Decoding.steps`: wave i of (key, job) comes at its i-th admit, and
+    the keys of `leaving[n]` go once n admits have been made; records what the batch held
+    at each admit."""
 
-    def __init__(self, *waves: list[tuple[str, Request]]) -> None:
-        self.waves, self.held = list(waves), []
+    def __init__(self, *waves: list[tuple[str, Request]], leaving: dict[int, list[str]] | None = None):
+        self.waves, self.leaving, self.held = list(waves), leaving or {}, []
 
-    def __call__(self, held: int) -> list[tuple[str, Request]]:
+    def admit(self, held: int) -> list[tuple[str, Request]]:
         self.held.append(held)
         return self.waves.pop(0) if self.waves else []
+
+    def gone(self) -> list[str]:
+        return self.leaving.get(len(self.held), [])
 
 
 def test_only_streaming_requests_get_their_text_before_they_end(decoding):
@@ -56,3 +60,18 @@ def test_a_request_arriving_during_the_batch_joins_it(decoding):
     assert arrivals.held[:4] == [0, 1, 1, 2]
     alone = list(decoding.steps(Arrivals([("later", later)])))
     assert alone[-1]["later"] == next(update["later"] for update in updates if "later" in update)
+
+
+def test_a_request_whose_caller_left_drops_out_at_the_next_step(decoding):
+    staying = Request(Completion("Write the report.", max_tokens=12), [], streaming=True)
+    leaving = Request(Completion("Write the report.", max_tokens=12), [], streaming=True)
+    arrivals = Arrivals([("staying", staying), ("leaving", leaving)], leaving={3: ["leaving"]})
+
+    updates = list(decoding.steps(arrivals))
+
+    steps_with = [i for i, update in enumerate(updates) if "leaving" in update]
+    assert steps_with == [0, 1, 2] and not any(finished for _, finished in updates[2].values())
+    assert arrivals.held[:4] == [0, 2, 2, 1]  # two rows, then one after the third admit
+    assert updates[-1]["staying"][1]  # the other row goes on to its end
+    alone = "".join(update["staying"][0] for update in decoding.steps(Arrivals([("staying", staying)])))
+    assert "".join(update["staying"][0] for update in updates if "staying" in update) == alone

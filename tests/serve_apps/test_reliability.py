@@ -132,6 +132,21 @@ def test_a_full_app_answers_503_with_retry_after(base_url, settings):
     assert all("at capacity" in r.json()["error"]["message"] for r in refused)
 
 
+def test_a_request_past_request_timeout_s_is_answered_504(base_url, settings):
+    """A limit no request can meet (1 ms): a plain request and a stream both get the
+    timeout error (the stream before its first chunk), naming the setting."""
+    strict = settings.model_copy(update={"request_timeout_s": 0.001, "demo": False})
+    plain_and_streamed = [body(32) | {"stream": stream} for stream in (False, True)]
+    with deployed(base_url, "timeout", strict) as url:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        with client as http:
+            answers = [http.post("/v1/chat/completions", json=request) for request in plain_and_streamed]
+    for answer in answers:
+        assert answer.status_code == 504, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "timeout" and "request_timeout_s" in error["message"]
+
+
 def two_llm_replicas(settings: ServeSettings) -> ServeSettings:
     """Two fixed LLM replicas (one keeps answering while the other is replaced) and one of
     each other deployment: the session's app and this one fit the tests' 2 CPUs."""

@@ -116,3 +116,28 @@ def test_streamed_text_becomes_openai_chunk_events_then_done():
     assert {(b["id"], b["object"], b["created"], b["model"]) for b in bodies} == {
         ("chatcmpl-1", "chat.completion.chunk", 7, "p2med")
     }
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (ApiError(504, "the request took longer than 300 s", "timeout"), (504, "timeout")),
+        (RayActorError(), (503, "replica_unavailable")),
+        (ValueError("a message quoting the prompt"), (500, "server_error")),
+    ],
+)
+def test_a_stream_failing_mid_way_ends_with_an_error_event_and_no_done(failure, error):
+    """The status line went out with the first chunk: the error comes as the last event,
+    which OpenAI's client raises."""
+
+    async def pieces():
+        yield "Find"
+        raise failure
+
+    async def events():
+        return [event async for event in _sse(pieces(), "chatcmpl-1", 7, "p2med")]
+
+    *chunks, last = asyncio.run(events())
+    assert json.loads(chunks[-1].removeprefix("data: "))["choices"][0]["delta"] == {"content": "Find"}
+    body = json.loads(last.removeprefix("data: "))["error"]
+    assert (body["code"], body["type"]) == error and "prompt" not in body["message"]
