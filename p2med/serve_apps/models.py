@@ -42,9 +42,10 @@ def load_served_model(settings: ServeSettings, replica: ModelDeploymentSettings)
 
 def imaging_for(config: ModelConfig) -> ImagingSettings:
     """The preprocessing that made the model's training images (sizes from its config; the
-    lung window is the ingest's default)."""
+    lung window is the ingest's default). Burned-in text is accepted: an upload is not kept."""
     vision = config.vision
-    return ImagingSettings(xray_size=vision.xray_size, ct_slices=vision.ct_slices, ct_size=vision.ct_size)
+    sizes = {"xray_size": vision.xray_size, "ct_slices": vision.ct_slices, "ct_size": vision.ct_size}
+    return ImagingSettings(**sizes, refuse_burned_in_text=False)
 
 
 @serve.deployment

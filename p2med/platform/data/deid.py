@@ -8,8 +8,11 @@ patient IDs are replaced ("U") by keyed pseudonyms: HMAC-SHA256 under a secret k
 lives in config or the environment and is never written anywhere. Dates are dropped ("X");
 the patient's age at the visit is kept. Report and record text is scrubbed of every
 identifying value the headers and records carry for that patient (names, IDs, accession
-numbers, institutions, addresses, phone numbers), and of dates, phone numbers, record
-numbers and physician names by pattern.
+numbers, institutions, addresses, phone numbers), in any letter case and, for names, in
+either order, with initials; and of dates (numeric and written out), phone numbers,
+e-mail addresses, record numbers and physician names by pattern. A name that is also an
+ordinary word of a report (`ORDINARY_WORDS`: "May", "Grace", "White"...) is scrubbed on
+its own only as a name: capitalised, after a title or a relation ("Mrs", "mother").
 """
 
 from __future__ import annotations
@@ -47,17 +50,44 @@ IDENTIFYING_ATTRIBUTES = (
     "InstitutionAddress",
     "StudyID",
 )
+_MONTH = (
+    r"(?i:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+    r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
+)
+_NAME_WORD = r"[A-Z][A-Za-z'’-]+"  # MacDonald, O'Neil, Smith-Jones
 IDENTIFYING_PATTERN = re.compile(
     "|".join(
         [
             r"\b\d{4}-\d{2}-\d{2}\b",  # ISO dates
-            r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 03/04/2024
+            r"\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b",  # 03/04/2024, 03.04.2024
             r"\b(?:19|20)\d{6}\b",  # DICOM dates, 20240304
-            r"\b(?:\+?\d{1,3}[ -])?\(?\d{3}\)?[ -]\d{3}-\d{4}\b",  # phone numbers
-            r"\b(?:MRN|ACC)\s*\d{4,}[A-Z]?\b",  # record and accession numbers
-            r"\bDr\.? [A-Z][a-z'’-]+(?: [A-Z][a-z'’-]+)?",  # physician names
+            rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}\b",  # 4 March 2024
+            rf"\b{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b",  # March 4, 2024
+            r"(?<!\w)(?:\+?\d{1,3}[ -])?\(?\d{3}\)?[ -]\d{3}-\d{4}\b",  # North American phone numbers
+            # international (+44 20 7946 0958) and with a national trunk prefix (020 7946 0958)
+            r"\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?\d{1,5}(?:[ .-]?\d{2,5}){1,4}\b",
+            r"\b0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b",
+            r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",  # e-mail addresses
+            r"\b(?i:MRN|ACC|accession|record)(?i:\s*(?:no\.?|number|#))?\s*[:#]?\s*[A-Z]*\d{4,}[A-Z]?\b",
+            rf"\b(?:Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+{_NAME_WORD})?",  # physician names
         ]
     )
+)
+# Names that are also words of English clinical text ("may represent", "X-ray", "white
+# cell count", "lung fields", "fine crackles"): alone, they are scrubbed only as names
+# (see Scrubber). Names that are words but not of this text (Grace, Lily) are scrubbed
+# wherever they stand.
+ORDINARY_WORDS = frozenset(
+    " ".join(
+        (
+            "may will mark frank max ray gene hope young long little white green gray grey brown",
+            "fields clear free fine well small mass major early late bright",
+        )
+    ).split()
+)
+# what precedes a name: a title, or a relation ("brought in by her mother May")
+_NAME_CUE = (
+    r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?|mother|father|guardian|parent|brother|sister|named|called)\s+"
 )
 
 
@@ -113,14 +143,23 @@ def header_identifiers(ds: Dataset) -> set[str]:
 
 def name_spellings(name: str) -> set[str]:
     """A person's name as text may write it: 'Smith^Emma' or 'Dr. Emma Smith' give the
-    whole name both ways round, and the given and family names on their own."""
-    name = name.strip().removeprefix("Dr. ").removeprefix("Dr ")
-    components = [c.strip() for c in name.replace("^", " ").split() if c.strip()]
-    forms = {name, " ".join(components), *components}
-    if "^" in name:  # DICOM order is family^given
+    whole name in either order (also 'Smith, Emma'), with the given name as an initial
+    ('E. Smith'), and the given and family names on their own."""
+    name = re.sub(r"^(?:Dr|Prof|Mr|Mrs|Ms|Miss|Mx)\.?\s+", "", name.strip())
+    if "^" in name:  # DICOM order is family^given^middle...
         family, _, rest = name.partition("^")
-        forms.add(f"{rest.split('^')[0]} {family}".strip())
-    return {f for f in forms if len(f) >= 2}
+        given = [part for part in rest.split("^") if part.strip()]
+        family_names, given_names = family.split(), " ".join(given).split()
+    else:  # text order: given names, then the family name
+        words = name.split()
+        family_names, given_names = words[-1:], words[:-1]
+    family, given = " ".join(family_names), " ".join(given_names)
+    forms = {name, *family_names, *given_names}
+    if family and given:
+        first = given_names[0]
+        forms |= {f"{given} {family}", f"{family} {given}", f"{family}, {given}", f"{first} {family}"}
+        forms |= {f"{first[0]}. {family}", f"{first[0]} {family}", f"{family}, {first[0]}."}
+    return {f.strip() for f in forms if len(f.strip()) >= 2}
 
 
 def value_spellings(value: str) -> set[str]:
@@ -131,16 +170,25 @@ def value_spellings(value: str) -> set[str]:
 
 
 class Scrubber:
-    """Replaces one patient's identifying values (whole words) and every identifying
-    pattern in text by [REDACTED]. Build once per patient: the values compile into one
-    regular expression, longest first, so 'Emma Smith' goes before 'Emma' can match."""
+    """Replaces one patient's identifying values (whole words, any letter case) and every
+    identifying pattern in text by [REDACTED]. A value that is an ordinary word
+    (`ORDINARY_WORDS`) is replaced only as a name: capitalised after a title or a relation.
+    Build once per patient: the values compile into one regular expression, longest first,
+    so 'Emma Smith' goes before 'Emma' can match."""
 
     def __init__(self, identifiers: Iterable[str]) -> None:
         values = sorted({v for v in identifiers if v}, key=len, reverse=True)
-        alternatives = "|".join(map(re.escape, values))
-        self._values = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)") if values else None
+        words = [v for v in values if v.lower() in ORDINARY_WORDS]
+        others = [v for v in values if v.lower() not in ORDINARY_WORDS]
+        parts = []
+        if others:
+            parts.append(rf"(?i:(?<!\w)(?:{'|'.join(map(re.escape, others))})(?!\w))")
+        if words:
+            names = "|".join(re.escape(w[:1].upper() + w[1:]) for w in words)
+            parts.append(rf"(?P<cue>\b(?i:{_NAME_CUE}))(?:{names})(?!\w)")
+        self._values = re.compile("|".join(parts)) if parts else None
 
     def __call__(self, text: str) -> str:
         if self._values is not None:
-            text = self._values.sub(REDACTED, text)
+            text = self._values.sub(lambda found: (found.groupdict().get("cue") or "") + REDACTED, text)
         return IDENTIFYING_PATTERN.sub(REDACTED, text)

@@ -46,6 +46,10 @@ from p2med.platform.config import Settings
 from p2med.platform.data.quarantine import Reason
 
 XRAY_MODALITIES = frozenset({"CR", "DX"})
+# pydicom's warnings about malformed values quote them ("Invalid value for VR UI:
+# '1.2.SMITH'"), into Ray's logs and the console: headers are identifying, and a value we
+# use is checked where it is used
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 TRANSFER_SYNTAX_TAG = 0x00020010
 
 
@@ -72,6 +76,10 @@ class ImagingSettings(Settings):
     """Images with a side longer than this are refused."""
     max_aspect: float = Field(4.0, ge=1)
     """Images more elongated than this (long side / short side) are refused."""
+    refuse_burned_in_text: bool = True
+    """Refuse images whose header says text is burned into the pixels
+    (BurnedInAnnotation YES): it may name the patient. Text burned in without the flag is
+    not detected."""
     max_image_mb: float = Field(256.0, gt=0)
     """The most one image may decode to, in MiB: an X-ray's first frame, a CT series' slices
     together (stored values, as the headers give them), a Deflated DICOM file's dataset.
@@ -163,6 +171,11 @@ def frame_bytes(ds: Dataset) -> int:
     return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * samples * depth
 
 
+def _check_burned_in_text(ds: Dataset, config: ImagingSettings) -> None:
+    if config.refuse_burned_in_text and str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        raise DecodeFailure(Reason.BURNED_IN_TEXT, "its header says text is burned into the pixels")
+
+
 def _check_size(decoded_bytes: int, config: ImagingSettings) -> None:
     if decoded_bytes > config.max_image_bytes:
         limit = f"the limit of {config.max_image_bytes:,} (max_image_mb)"
@@ -200,6 +213,7 @@ def xray_pixels(ds: Dataset, config: ImagingSettings) -> np.ndarray:
         detail = "no modality" if not modality else "a modality other than CR or DX: not a radiograph"
         raise DecodeFailure(Reason.UNSUPPORTED_MODALITY, detail)
     _check_dimensions(ds.get("Rows", 0), ds.get("Columns", 0), config)
+    _check_burned_in_text(ds, config)
     _check_size(frame_bytes(ds), config)
     stored = _stored_pixels(ds)
     if stored.ndim != 2:
@@ -285,6 +299,8 @@ def ct_volume(slices: list[Dataset], config: ImagingSettings) -> np.ndarray:
     if len(shapes) != 1:
         raise DecodeFailure(Reason.BAD_DIMENSIONS, f"slices of different sizes {sorted(shapes)}")
     _check_dimensions(*shapes.pop(), config)
+    for ds in ordered:
+        _check_burned_in_text(ds, config)
     _check_size(sum(frame_bytes(ds) for ds in ordered), config)
     import torch  # see square()
     from monai.transforms import Resize

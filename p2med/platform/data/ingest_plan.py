@@ -184,9 +184,9 @@ def _report_identifiers(report: dict) -> set[str]:
 
 
 def _record_identifiers(record: dict) -> set[str]:
-    values = name_spellings(str(record.get("patient_name", ""))) | name_spellings(
-        str(record.get("physician", ""))
-    )
+    values: set[str] = set()
+    for key in ("patient_name", "physician", "guardian", "guardian_name", "next_of_kin"):
+        values |= name_spellings(str(record.get(key, "")))
     for key in ("patient_id", "address", "phone", "institution", "birth_date", "record_id"):
         values |= value_spellings(str(record.get(key, "")))
     for accession in record.get("accession_numbers") or []:

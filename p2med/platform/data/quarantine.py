@@ -17,6 +17,7 @@ class Reason(StrEnum):
     UNDECODABLE_PIXEL_DATA = "undecodable_pixel_data"  # a transfer syntax no handler decodes
     UNSUPPORTED_MODALITY = "unsupported_modality"  # e.g. MR among chest X-rays and CTs
     BAD_DIMENSIONS = "bad_dimensions"  # absurdly small, large or elongated images
+    BURNED_IN_TEXT = "burned_in_text"  # BurnedInAnnotation YES: text on the pixels may name the patient
     TOO_LARGE = "too_large"  # would decode to more than the pixel budget (imaging.max_image_mb)
     CT_MISSING_SLICES = "ct_missing_slices"  # gaps along the slice normal
     CT_DUPLICATE_SLICES = "ct_duplicate_slices"  # two slices at one position

@@ -58,3 +58,40 @@ def test_header_identifiers_cover_names_ids_and_institution():
     values = header_identifiers(ds)
     assert str(ds.PatientID) in values and str(ds.InstitutionName) in values
     assert any(part in values for part in str(ds.PatientName).split("^") if part)
+
+
+def test_names_are_scrubbed_in_any_case_and_order_and_ordinary_words_only_as_names():
+    scrub = Scrubber(name_spellings("WETZEL^EMMA") | name_spellings("May MacDonald") | {"MRN4471923"})
+    text = (
+        "Emma Wetzel (WETZEL, EMMA; wetzel emma; E. Wetzel) came with her mother May; "
+        "Mrs May was told. Dr. MacDonald saw her. It may be mild."
+    )
+    clean = scrub(text)
+    for leaked in ("Emma", "EMMA", "emma", "Wetzel", "WETZEL", "wetzel", "E. ", "MacDonald", "Donald"):
+        assert leaked not in clean, (leaked, clean)
+    assert "mother [REDACTED]" in clean and "Mrs [REDACTED]" in clean
+    assert "It may be mild." in clean  # an ordinary word stays where it is not a name
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "MRN: 4471923",
+        "mrn #4471923",
+        "Accession no. 88123456",
+        "4 March 2024",
+        "4th of March, 2024",
+        "March 4, 2024",
+        "03.04.2024",
+        "3/4/24",
+        "2024-03-04",
+        "+44 20 7946 0958",
+        "+49 (0)30 1234567",
+        "020 7946 0958",
+        "(617) 555-0147",
+        "jo.smith+clinic@example.org",
+    ],
+)
+def test_identifier_formats_are_scrubbed_by_pattern(identifier):
+    clean = Scrubber([])(f"Seen on {identifier} for cough; WBC 12.3, T 38.5 C, SpO2 92%, 2 x 3 cm.")
+    assert clean == "Seen on [REDACTED] for cough; WBC 12.3, T 38.5 C, SpO2 92%, 2 x 3 cm.", clean

@@ -4,7 +4,9 @@ CT geometry checks."""
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import warnings
 
 import numpy as np
 import pydicom
@@ -269,3 +271,30 @@ def test_the_ingest_reads_a_header_whole_past_a_large_private_element(tmp_path):
     ds.save_as(tmp_path / "big-header.dcm", enforce_file_format=True)
     header = read_header(resolve(str(tmp_path)), "big-header.dcm", LIMIT)
     assert header.patient_id == "PID-1" and "Doe^Jane" in header.identifiers
+
+
+def test_burned_in_text_is_refused_unless_allowed():
+    ds = as_radiograph("MR_small.dcm")
+    ds.BurnedInAnnotation = "YES"
+    with pytest.raises(DecodeFailure) as failure:
+        xray_pixels(ds, CONFIG)
+    assert failure.value.reason == Reason.BURNED_IN_TEXT
+    allowed = CONFIG.model_copy(update={"refuse_burned_in_text": False})  # serving: an upload is not kept
+    assert xray_pixels(ds, allowed).shape == (64, 64)
+
+
+def test_malformed_header_values_are_not_logged(caplog):
+    """pydicom warns about an invalid value by quoting it ("Invalid value for VR UI:
+    '1.2.SMITH'"); headers are identifying."""
+    ds = as_radiograph("MR_small.dcm")
+    ds["StudyInstanceUID"] = RawDataElement(Tag(0x0020000D), "UI", 10, b"1.2.SMITH\0", 0, False, True)
+    ds["InstanceNumber"] = RawDataElement(Tag(0x00200013), "IS", 4, b"7.5 ", 0, False, True)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with warnings.catch_warnings(record=True) as warned, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        read = read_dicom(buffer.getvalue(), LIMIT)
+        assert (str(read.StudyInstanceUID), str(read.InstanceNumber)) == ("1.2.SMITH", "7.5")
+        xray_pixels(read, CONFIG)
+    said = [str(w.message) for w in warned] + [record.getMessage() for record in caplog.records]
+    assert not [line for line in said if "SMITH" in line or "7.5" in line], said
