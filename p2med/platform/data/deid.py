@@ -189,6 +189,8 @@ class Scrubber:
         self._values = re.compile("|".join(parts)) if parts else None
 
     def __call__(self, text: str) -> str:
+        # patterns first: a name inside an e-mail address would otherwise break its pattern
+        text = IDENTIFYING_PATTERN.sub(REDACTED, text)
         if self._values is not None:
             text = self._values.sub(lambda found: (found.groupdict().get("cue") or "") + REDACTED, text)
-        return IDENTIFYING_PATTERN.sub(REDACTED, text)
+        return text

@@ -114,7 +114,7 @@ def plan(
         if patient_id and kind in ("outpatient", "inpatient"):
             patient = patients[patient_id]
             patient.records[kind] = record
-            patient.identifiers |= _record_identifiers(record)
+            patient.identifiers |= record_identifiers(record)
             patient.sex = patient.sex or str(record.get("sex", ""))
             if patient.age_years is None:
                 patient.age_years = _age_from_record(record)
@@ -155,7 +155,7 @@ def _attach_image(patients, first, files, kind, by_study, used_reports, pseudony
         patient.ct = files
     for header in files[:1]:  # the slices of a series share their identifying values
         patient.identifiers |= header.identifiers
-    patient.identifiers |= _report_identifiers(report)
+    patient.identifiers |= report_identifiers(report)
     patient.sex = patient.sex or first.sex
     if patient.age_years is None:
         patient.age_years = first.age_years
@@ -176,14 +176,16 @@ def _folder(path: str) -> str:
     return path.rsplit("/", 1)[0] + "/"
 
 
-def _report_identifiers(report: dict) -> set[str]:
+def report_identifiers(report: dict) -> set[str]:
+    """The identifying values a report row carries, in the spellings text may use."""
     values = name_spellings(str(report.get("radiologist", "")))
     for key in ("patient_id", "accession_number", "study_instance_uid", "institution"):
         values |= value_spellings(str(report.get(key, "")))
     return values
 
 
-def _record_identifiers(record: dict) -> set[str]:
+def record_identifiers(record: dict) -> set[str]:
+    """The identifying values a record row carries, in the spellings text may use."""
     values: set[str] = set()
     for key in ("patient_name", "physician", "guardian", "guardian_name", "next_of_kin"):
         values |= name_spellings(str(record.get(key, "")))
