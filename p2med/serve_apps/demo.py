@@ -3,11 +3,14 @@ JPEG) or a CT series (DICOM files or one zip), pick the task, add clinical text,
 image (a CT with a slice slider) and the report as it is written.
 
 The page calls the same code path as `POST /v1/reports` (`write`), and shows the image
-as the model sees it (`preview`: the ingest's preprocessing).
+as the model sees it (`preview`: the ingest's preprocessing). An upload is identifying:
+its files are read into the page's session state and deleted from Gradio's upload folder
+at once (`load`); the session's state goes when the page closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -34,11 +37,14 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
     """The page. `write(task, files, clinical_text)`: the report's pieces; `preview(files)`:
     ("xray", (S, S)) or ("ct", (D, H, W)) in [0, 1]. Both raise DemoRefusal for bad input."""
 
-    def show(paths: list[str] | None):
-        if not paths:
+    def load(paths: list[str] | None) -> list[bytes] | None:
+        return _taken(paths) if paths else None
+
+    def show(uploaded: list[bytes] | None):
+        if not uploaded:
             return None, gr.update(visible=False), None
         try:
-            kind, pixels = preview(_read(paths))
+            kind, pixels = preview(uploaded)
         except DemoRefusal as refusal:
             raise gr.Error(str(refusal)) from None
         if kind == "xray":
@@ -50,11 +56,14 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
     def pick_slice(volume: np.ndarray | None, index: float):
         return None if volume is None else _grey(volume[int(index)])
 
-    async def report(paths: list[str] | None, task: str, clinical_text: str):
-        if not paths:
+    async def report(paths: list[str] | None, uploaded: list[bytes] | None, task: str, clinical_text: str):
+        # the page's upload was taken into the session (`load`); a client of the page's
+        # API (gradio_client) sends its files with the call instead
+        uploaded = uploaded or (_taken(paths) if paths else None)
+        if not uploaded:
             raise gr.Error("Upload an X-ray or a CT series first.")
         try:
-            pieces = await write(task, _read(paths), clinical_text or "")
+            pieces = await write(task, uploaded, clinical_text or "")
             text = ""
             async for piece in pieces:
                 text += piece
@@ -88,15 +97,24 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
                 )
                 slice_index = gr.Slider(label="CT slice", minimum=0, maximum=1, step=1, visible=False)
                 output = gr.Textbox(label="Report", lines=12, elem_id="report")
-        volume = gr.State()
-        files.change(show, files, [image, slice_index, volume])
+        volume, uploaded = gr.State(), gr.State()
+        files.change(load, files, uploaded).then(show, uploaded, [image, slice_index, volume])
         slice_index.change(pick_slice, [volume, slice_index], image)
-        run.click(report, [files, task, clinical], output)
+        run.click(report, [files, uploaded, task, clinical], output)
     return demo
 
 
-def _read(paths: list[str]) -> list[bytes]:
-    return [Path(path).read_bytes() for path in paths]
+def _taken(paths: list[str]) -> list[bytes]:
+    """The files' bytes; the files, and the folders Gradio made for them, are deleted."""
+    taken = []
+    for path in map(Path, paths):
+        try:
+            taken.append(path.read_bytes())
+        finally:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder of its own per upload, unless shared
+                path.parent.rmdir()
+    return taken
 
 
 DISPLAY_SIDE = 320  # small model inputs (64-128 px) are enlarged to about this for the eye

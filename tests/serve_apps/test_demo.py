@@ -48,14 +48,22 @@ def handlers():
     return {function.name: function.fn for function in demo.fns.values()}
 
 
-def saved(tmp_path, name: str, data: bytes) -> str:
-    path = tmp_path / name
+def saved(folder, name: str, data: bytes) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     path.write_bytes(data)
     return str(path)
 
 
-def test_an_xray_is_shown_as_the_model_sees_it(handlers, xray_dicom, tmp_path):
-    picture, slider, volume = handlers["show"]([saved(tmp_path, "x.dcm", xray_dicom)])
+def test_an_upload_is_read_into_the_session_and_its_files_deleted(handlers, xray_dicom, tmp_path):
+    paths = [saved(tmp_path / "upload-1", "x.dcm", xray_dicom), saved(tmp_path / "upload-2", "y.dcm", b"y")]
+    assert handlers["load"](paths) == [xray_dicom, b"y"]
+    assert not list(tmp_path.iterdir())  # files and their folders gone
+    assert handlers["load"](None) is None
+
+
+def test_an_xray_is_shown_as_the_model_sees_it(handlers, xray_dicom):
+    picture, slider, volume = handlers["show"]([xray_dicom])
     _, pixels = decode_upload([xray_dicom], IMAGING, LIMIT)
     factor = DISPLAY_SIDE // IMAGING.xray_size
     assert picture.shape == (IMAGING.xray_size * factor,) * 2 and picture.dtype == np.uint8
@@ -63,8 +71,8 @@ def test_an_xray_is_shown_as_the_model_sees_it(handlers, xray_dicom, tmp_path):
     assert slider["visible"] is False and volume is None
 
 
-def test_a_ct_shows_its_middle_slice_and_a_slider_over_its_slices(handlers, ct_series, tmp_path):
-    picture, slider, volume = handlers["show"]([saved(tmp_path, "ct.zip", zipped(ct_series))])
+def test_a_ct_shows_its_middle_slice_and_a_slider_over_its_slices(handlers, ct_series):
+    picture, slider, volume = handlers["show"]([zipped(ct_series)])
     assert volume.shape == (IMAGING.ct_slices, IMAGING.ct_size, IMAGING.ct_size)
     assert slider["visible"] is True and (slider["minimum"], slider["maximum"]) == (0, IMAGING.ct_slices - 1)
     middle = slider["value"]
@@ -75,17 +83,24 @@ def test_a_ct_shows_its_middle_slice_and_a_slider_over_its_slices(handlers, ct_s
 
 
 def test_the_report_streams_and_refusals_reach_the_page(handlers, xray_dicom, tmp_path):
-    paths = [saved(tmp_path, "x.dcm", xray_dicom)]
+    uploaded = [xray_dicom]
 
     async def texts(*args):
         return [text async for text in handlers["report"](*args)]
 
-    assert asyncio.run(texts(paths, "xray_report", None)) == ["xray_report: ", "xray_report: 1 file(s)"]
+    assert asyncio.run(texts(None, uploaded, "xray_report", None)) == [
+        "xray_report: ",
+        "xray_report: 1 file(s)",
+    ]
     assert written[-1] == ("xray_report", 1, "")  # no clinical text is ""
+    # an API client's call brings its files: read, then deleted
+    path = saved(tmp_path / "upload", "x.dcm", xray_dicom)
+    assert asyncio.run(texts([path], None, "xray_report", ""))[-1] == "xray_report: 1 file(s)"
+    assert not list(tmp_path.iterdir())
     with pytest.raises(gr.Error, match="Upload an X-ray or a CT series first"):
-        asyncio.run(texts(None, "xray_report", ""))
+        asyncio.run(texts(None, None, "xray_report", ""))
     with pytest.raises(gr.Error, match="takes no image"):
-        asyncio.run(texts(paths, "inpatient_record", ""))
+        asyncio.run(texts(None, uploaded, "inpatient_record", ""))
     with pytest.raises(gr.Error, match="not an image"):
-        handlers["show"]([saved(tmp_path, "notes.txt", b"not an image")])
+        handlers["show"]([b"not an image"])
     assert handlers["show"]([]) == (None, {"__type__": "update", "visible": False}, None)
