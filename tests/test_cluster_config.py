@@ -27,6 +27,11 @@ def test_cluster_yaml_matches_rays_schema():
     assert [w["node_config"]["InstanceType"][0] for w in workers] == ["g"]  # one GPU worker group
     assert all(w["min_workers"] == 0 and w["node_config"]["InstanceMarketOptions"] for w in workers)
     assert "-e ~/p2med" in " ".join(config["setup_commands"])
+    # token authentication on every node, the token file on every node, the dashboard (job
+    # submission) on the head's loopback
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
 
 
 def test_kuberay_rayjob_runs_a_valid_p2med_command_on_our_image():
