@@ -284,7 +284,9 @@ class Ingress:
             raise ApiError(400, _validation_message(exc.errors())) from None
         if chat.model != self.settings.model_name:
             raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
-        uploads, text = _chat_inputs(chat.messages, self.settings.max_request_bytes, self.settings.max_images)
+        limits = (self.settings.max_request_bytes, self.settings.max_images)
+        # off the event loop: every file's header is read (a CT's slices: thousands)
+        uploads, text = await asyncio.to_thread(_chat_inputs, chat.messages, *limits)
         prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
         completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
         name, created, ident = self.settings.model_name, int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
@@ -308,13 +310,14 @@ class Ingress:
         task, clinical = form.get("task"), form.get("clinical_text")
         task = task if isinstance(task, str) else ""
         files = [await f.read() for _, f in form.multi_items() if isinstance(f, UploadFile)]
-        completion = self._report(task, files, clinical if isinstance(clinical, str) else "")
+        clinical_text = clinical if isinstance(clinical, str) else ""
+        completion = await asyncio.to_thread(self._report, task, files, clinical_text)
         report = await self._complete(completion, [files])
         return {"task": task, "report": report, "model": self.settings.model_name}
 
     def _report(self, task: str, files: list[bytes], clinical_text: str) -> Completion:
         """What to generate for a report of `task` on one uploaded image (the reports
-        endpoint and the demo)."""
+        endpoint and the demo; it reads every file's header: call it off the event loop)."""
         if task not in IMAGE_TASKS:
             raise ApiError(400, f"task must be one of {', '.join(IMAGE_TASKS)}; got {task!r}")
         if not files:
@@ -333,7 +336,8 @@ class Ingress:
 
         async def write(task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:
             try:
-                return await self._stream(self._report(task, files, clinical_text), [files])
+                completion = await asyncio.to_thread(self._report, task, files, clinical_text)
+                return await self._stream(completion, [files])
             except ApiError as refusal:
                 raise DemoRefusal(refusal.message) from None
 
