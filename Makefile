@@ -35,6 +35,7 @@ lock:
 bench: setup
 	.venv/bin/python bench/synth.py
 	.venv/bin/python bench/deid.py
+	.venv/bin/python bench/hostile.py
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/stream.py
 	.venv/bin/python bench/generate.py
