@@ -26,7 +26,7 @@ import http.client
 import io
 import json
 import statistics
-import struct
+import sys
 import tempfile
 import threading
 import time
@@ -37,40 +37,26 @@ from pathlib import Path
 from p2med.platform.ray_runtime import start_local_ray, use_local_ray_env
 
 use_local_ray_env()  # before Ray Serve is imported (see its docstring)
+# `python bench/hostile.py` puts bench/ on the import path, not the repo root whose tests/
+# holds the hostile DICOM files' builders
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import numpy as np
 import pydicom
 import serve as serving  # bench/serve.py (this folder is on the path): its model, picture, request
 from pydicom.data import get_testdata_file
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 from ray import serve
 
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.settings import ServeSettings
+from tests.support.dicoms import as_radiograph, deflated, malformed_radiographs, saved
 
 KEY, PORT, TARGET_P99_MS = serving.KEY, serving.PORT, 100.0
 
 
-def radiograph(**changes) -> pydicom.Dataset:
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
-    ds.Modality = "DX"
-    for name, value in changes.items():
-        setattr(ds, name, value)
-    return ds
-
-
-def saved(ds: pydicom.Dataset, deflate: bool = False) -> bytes:
-    if deflate:
-        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def blank(side: int, modality: str = "DX") -> pydicom.Dataset:
+    """A test file made `side` x `side`, its pixels zeros: megabytes that deflate to KB."""
     source = "CT_small.dcm" if modality == "CT" else "MR_small.dcm"
     ds = pydicom.dcmread(get_testdata_file(source, download=False))
     ds.Modality, ds.Rows, ds.Columns = modality, side, side
@@ -84,23 +70,14 @@ def ct_bomb() -> bytes:
         for index in range(12):
             ds = blank(2048, "CT")
             ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * index], [1, 0, 0, 0, 1, 0]
-            archive.writestr(f"{index:03d}.dcm", saved(ds, deflate=True))
+            archive.writestr(f"{index:03d}.dcm", deflated(ds))
     return buffer.getvalue()
 
 
 def malformed() -> dict[str, bytes]:
-    slope = radiograph(RescaleIntercept=0)
-    slope["RescaleSlope"] = RawDataElement(Tag(0x00281053), "DS", 4, b"abc ", 0, False, True)
-    window = radiograph(WindowCenter=100, WindowWidth=0)
-    deep = radiograph()
-    pixels = deep.PixelData
-    del deep.PixelData
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
-    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    pixel_element = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<I", len(pixels)) + pixels
-    nested = saved(deep) + opening * 3000 + closing * 3000 + pixel_element
-    return {"non-numeric slope": saved(slope), "zero window": saved(window), "nested 3,000 deep": nested}
+    window = as_radiograph("MR_small.dcm")
+    window.WindowCenter, window.WindowWidth = 100, 0
+    return malformed_radiographs() | {"a zero WindowWidth": saved(window)}
 
 
 def hostile_requests(png: bytes) -> dict[str, tuple[str, dict]]:
@@ -123,7 +100,7 @@ def hostile_requests(png: bytes) -> dict[str, tuple[str, dict]]:
         {"type": "text", "text": "x"},
     ]
     cases = {
-        "deflated 8192 x 8192 X-ray": report(saved(blank(8192), deflate=True)),
+        "deflated 8192 x 8192 X-ray": report(deflated(blank(8192))),
         "zip of 12 deflated 2048 x 2048 slices": report(ct_bomb(), "ct_report"),
         **{name: report(data) for name, data in malformed().items()},
         "200 images": chat(many),

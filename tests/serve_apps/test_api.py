@@ -21,8 +21,8 @@ from PIL import Image
 from ray import serve
 
 from p2med.serve_apps.server import APP_NAME
-from tests.platform.data.test_imaging import malformed_radiographs
 from tests.serve_apps.conftest import KEY, zipped
+from tests.support.dicoms import malformed_radiographs
 
 pytestmark = pytest.mark.slow  # the app on a local Ray Serve
 

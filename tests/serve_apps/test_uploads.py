@@ -12,8 +12,9 @@ from PIL import Image
 from p2med.platform.data.imaging import ImagingSettings, ct_volume, read_dicom, xray_pixels
 from p2med.serve_apps.errors import BadUpload
 from p2med.serve_apps.uploads import decode_upload, inspect_upload
-from tests.platform.data.test_imaging import ct_slices, deflated
+from tests.platform.data.test_imaging import ct_slices
 from tests.serve_apps.conftest import zipped
+from tests.support.dicoms import deflated
 
 IMAGING = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32)
 LIMIT = 2**20

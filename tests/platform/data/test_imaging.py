@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import warnings
 
 import numpy as np
@@ -16,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import JPEGBaseline8Bit
 
 from p2med.platform.data.imaging import (
     DecodeFailure,
@@ -32,16 +31,10 @@ from p2med.platform.data.raw_store import read_header
 from p2med.platform.data.synth import SynthSettings
 from p2med.platform.data.synth.faults import make_faults
 from p2med.platform.storage import resolve
+from tests.support.dicoms import as_radiograph, deflated, malformed_radiographs
 
 CONFIG = ImagingSettings(xray_size=64, ct_slices=8, ct_size=32, min_side=16, ct_min_slices=4)
 LIMIT = CONFIG.max_image_bytes
-
-
-def as_radiograph(name: str) -> pydicom.Dataset:
-    """A pydicom test file relabelled as a DX, so it takes the X-ray path."""
-    ds = pydicom.dcmread(get_testdata_file(name, download=False))
-    ds.Modality = "DX"
-    return ds
 
 
 @pytest.mark.parametrize(
@@ -167,36 +160,6 @@ def test_every_file_fault_of_the_generator_is_refused_with_its_reason():
     assert {"cut_in_header", "zero_window", "ct_bad_orientation", "truncated"} <= refused
 
 
-def nested_sequences(depth: int) -> bytes:
-    """`depth` sequences of undefined length, each in the one item of the one above
-    (explicit VR little endian), as a hostile file may hold."""
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
-    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    return opening * depth + closing * depth
-
-
-def malformed_radiographs() -> dict[str, bytes]:
-    """Radiograph files whose headers pydicom reads but whose values break decoding."""
-
-    def saved(ds: pydicom.Dataset) -> bytes:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
-
-    slope = as_radiograph("MR_small.dcm")
-    slope["RescaleSlope"] = RawDataElement(Tag(0x00281053), "DS", 4, b"abc ", 0, False, True)
-    slope.RescaleIntercept = 0
-    deep = as_radiograph("MR_small.dcm")
-    pixels = deep.PixelData
-    del deep.PixelData
-    pixel_element = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<I", len(pixels)) + pixels
-    return {
-        "a non-numeric RescaleSlope": saved(slope),
-        "sequences nested 3,000 deep": saved(deep) + nested_sequences(3000) + pixel_element,
-    }
-
-
 @pytest.mark.parametrize("name", list(malformed_radiographs()))
 def test_a_malformed_header_is_that_files_failure_and_quotes_no_value(name):
     with pytest.raises(DecodeFailure) as failure:
@@ -216,14 +179,6 @@ def test_a_refusal_quotes_no_header_value():
             decode()
         assert failure.value.reason == Reason.UNSUPPORTED_MODALITY
         assert "SMITH" not in str(failure.value)
-
-
-def deflated(ds: pydicom.Dataset) -> bytes:
-    """`ds` saved in the Deflated Explicit VR Little Endian transfer syntax."""
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_a_deflated_file_decodes_within_its_budget_and_is_refused_past_it_before_it_inflates():
