@@ -221,6 +221,10 @@ def _state(cluster: Cluster, kind: str, *filters: str) -> list[dict]:
     ]
     command += [part for f in filters for part in ("--filter", f)]
     done = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=120, check=True)
+    # an empty list is printed as this sentence whatever the format (Ray 2.60), e.g. while
+    # a fresh head's own node has not registered yet
+    if done.stdout.strip() == "No resource in the cluster":
+        return []
     return json.loads(done.stdout)
 
 
