@@ -52,6 +52,7 @@ from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ServeSettings
+from p2med.serve_apps.textmeter import TextMeter
 from p2med.serve_apps.uploads import decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
@@ -271,7 +272,7 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
-        body = await self._body(request)
+        body = await self._body(request, TextMeter())
         try:
             payload = json.loads(body)
         except ValueError:  # not UTF-8, or not JSON
@@ -443,9 +444,11 @@ class Ingress:
         limit = self.settings.request_timeout_s
         return ApiError(504, f"the request took longer than {limit:g} s (request_timeout_s)", "timeout")
 
-    async def _body(self, request: Request) -> bytes:
-        """The request body, refused with 413 past the size limit (also while it streams in)."""
-        limit = self.settings.max_request_bytes
+    async def _body(self, request: Request, text: TextMeter | None = None) -> bytes:
+        """The request body, refused with 413 past the size limit, and with 400 once `text`
+        counts more bytes outside data URIs than the text limit allows (both while it
+        streams in, before it is parsed)."""
+        limit, text_limit = self.settings.max_request_bytes, self.settings.max_text_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"the request is {int(declared):,} bytes; the limit is {limit:,}")
@@ -454,6 +457,15 @@ class Ingress:
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"the request is over the limit of {limit:,} bytes")
+            if text is not None:
+                text.add(chunk)
+                if text.outside > text_limit:
+                    raise ApiError(
+                        400,
+                        f"the body holds over {text_limit:,} bytes besides its images' data URIs: "
+                        f"more text than this server takes ({self.settings.max_prompt_chars:,} "
+                        "characters, max_prompt_chars)",
+                    )
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -117,3 +117,10 @@ class ServeSettings(Settings):
     @property
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 2**20)
+
+    @property
+    def max_text_bytes(self) -> int:
+        """The most bytes a chat body may hold outside its images' data URIs: 8 for each
+        character of `max_prompt_chars`, up to 6 for the character (JSON's \\uXXXX escapes)
+        and the rest for the JSON around the text."""
+        return 8 * self.max_prompt_chars

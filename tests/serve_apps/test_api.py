@@ -188,6 +188,8 @@ def test_bad_chat_requests_get_a_4xx_naming_the_problem(client):
     )
     long = [{"role": "user", "content": "cough " * 20_000}]
     assert "characters; this server takes at most 65,536" in error_of(chat(messages=long), 400)
+    huge = [{"role": "user", "content": "cough " * 100_000}]  # refused while it streams in
+    assert "bytes besides its images' data URIs" in error_of(chat(messages=huge), 400)
     assert "no text" in error_of(chat(messages=[{"role": "user", "content": "  "}]), 400)
 
 
