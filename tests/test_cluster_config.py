@@ -46,6 +46,12 @@ def test_kuberay_rayjob_runs_a_valid_p2med_command_on_our_image():
     (gpu,) = cluster["workerGroupSpecs"]
     assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # token authentication (KubeRay provisions the token); the S3 secret on the head only,
+    # where the entrypoint runs and hands the credentials to its workers
+    assert cluster["authOptions"] == {"mode": "token"}
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["envFrom"] == [{"secretRef": {"name": "p2med-s3"}}]
+    assert all("envFrom" not in c and "env" not in c for c in gpu["template"]["spec"]["containers"])
 
     # the entrypoint is a p2med command whose arguments our typed config accepts
     program, name, *args = shlex.split(spec["entrypoint"])
