@@ -47,33 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import numpy as np
-import pydicom
 import serve as serving  # bench/serve.py (this folder is on the path): its model, picture, request
-from pydicom.data import get_testdata_file
 from ray import serve
 
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.settings import ServeSettings
-from tests.support.dicoms import as_radiograph, deflated, malformed_radiographs, saved
+from tests.support.dicoms import as_radiograph, blank, blank_series, deflated, malformed_radiographs, saved
 
 KEY, PORT, TARGET_P99_MS = serving.KEY, serving.PORT, 100.0
-
-
-def blank(side: int, modality: str = "DX") -> pydicom.Dataset:
-    """A test file made `side` x `side`, its pixels zeros: megabytes that deflate to KB."""
-    source = "CT_small.dcm" if modality == "CT" else "MR_small.dcm"
-    ds = pydicom.dcmread(get_testdata_file(source, download=False))
-    ds.Modality, ds.Rows, ds.Columns = modality, side, side
-    ds.PixelData = bytes(side * side * 2)
-    return ds
 
 
 def ct_bomb() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for index in range(12):
-            ds = blank(2048, "CT")
-            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * index], [1, 0, 0, 0, 1, 0]
+        for index, ds in enumerate(blank_series(12, 2048)):
             archive.writestr(f"{index:03d}.dcm", deflated(ds))
     return buffer.getvalue()
 

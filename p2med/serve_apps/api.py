@@ -20,7 +20,6 @@ LLM call, so Serve hands the encoding from one deployment to the next (by refere
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' types
 # at runtime, and Serve's class-based views cannot resolve string annotations.
 import asyncio
-import base64
 import binascii
 import hmac
 import json
@@ -47,12 +46,12 @@ from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.prompts import request_prompt
 from p2med.platform.data.tasks import IMAGE_TASKS
 from p2med.platform.storage import resolve
+from p2med.serve_apps.chatbody import REFERENCE, ChatBody
 from p2med.serve_apps.compute import Completion
 from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
 from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ServeSettings
-from p2med.serve_apps.textmeter import TextMeter
 from p2med.serve_apps.uploads import decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
@@ -141,12 +140,29 @@ class ChatRequest(OpenAIModel):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch generator takes
 
 
-def _chat_inputs(messages: list[Message], max_bytes: int, max_images: int) -> tuple[list[list[bytes]], str]:
-    """The images (as upload files, in order) and the text of a chat's messages."""
+def _chat_request(body: bytearray) -> ChatRequest:
+    """The request in a chat body (`ChatBody.json`: its images are set apart)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:  # not UTF-8, or not JSON
+        raise ApiError(400, "the body is not JSON in UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "the body's JSON nests too deeply") from None
+    try:
+        return ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(400, _validation_message(exc.errors())) from None
+
+
+def _chat_inputs(
+    messages: list[Message], images: list[bytes], max_bytes: int, max_images: int
+) -> tuple[list[list[bytes]], str]:
+    """The images (as upload files, in order) and the text of a chat's messages; `images`:
+    the data URIs' payloads that `ChatBody` set apart."""
     asked = [m.content for m in messages if m.role != "assistant"]
-    images = sum(isinstance(part, ImagePart) for parts in asked if isinstance(parts, list) for part in parts)
-    if images > max_images:  # counted before any is decoded
-        raise ApiError(400, f"the messages hold {images} images; this server takes at most {max_images}")
+    count = sum(isinstance(part, ImagePart) for parts in asked if isinstance(parts, list) for part in parts)
+    if count > max_images:  # counted before any is decoded
+        raise ApiError(400, f"the messages hold {count} images; this server takes at most {max_images}")
     uploads, texts = [], []
     for message in messages:
         if message.role == "assistant":
@@ -158,7 +174,7 @@ def _chat_inputs(messages: list[Message], max_bytes: int, max_images: int) -> tu
             if isinstance(part, TextPart):
                 texts.append(part.text)
             else:
-                uploads.append([_data_uri_bytes(part.image_url.url)])
+                uploads.append([_data_uri_bytes(part.image_url, images)])
     text = "\n".join(t.strip() for t in texts if t.strip())
     if not text:
         raise ApiError(400, "the messages hold no text: say what to write")
@@ -169,18 +185,21 @@ def _chat_inputs(messages: list[Message], max_bytes: int, max_images: int) -> tu
     return uploads, text
 
 
-def _data_uri_bytes(url: str) -> bytes:
-    """The bytes of a base64 data URI of an accepted type; remote URLs are not fetched."""
-    head, comma, data = url.partition(",")
-    if not url.startswith("data:") or not comma or not head.endswith(";base64"):
+def _data_uri_bytes(image: ImageURL, images: list[bytes]) -> bytes:
+    """The bytes of a base64 data URI of an accepted type, or of the payload `ChatBody` set
+    apart for it (`*<index>` into `images`); remote URLs are not fetched."""
+    head, comma, data = image.url.partition(",")
+    if not head.startswith("data:") or not comma or not head.endswith(";base64"):
         raise ApiError(
             400, "image_url must be a base64 data URI (data:image/png;base64,...); URLs are not fetched"
         )
     media = head.removeprefix("data:").removesuffix(";base64")
     if media not in DATA_URI_TYPES:
         raise ApiError(400, f"image type {media!r} is not accepted; send one of {', '.join(DATA_URI_TYPES)}")
+    if (reference := REFERENCE.fullmatch(data)) and int(reference[1]) < len(images):
+        return images[int(reference[1])]
     try:
-        return base64.b64decode(data, validate=True)
+        return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "image_url holds invalid base64") from None
 
@@ -272,22 +291,14 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
-        body = await self._body(request, TextMeter())
-        try:
-            payload = json.loads(body)
-        except ValueError:  # not UTF-8, or not JSON
-            raise ApiError(400, "the body is not JSON in UTF-8") from None
-        except RecursionError:
-            raise ApiError(400, "the body's JSON nests too deeply") from None
-        try:
-            chat = ChatRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise ApiError(400, _validation_message(exc.errors())) from None
+        body = ChatBody()
+        await self._body(request, body)
+        chat = _chat_request(body.json)
         if chat.model != self.settings.model_name:
             raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
         limits = (self.settings.max_request_bytes, self.settings.max_images)
         # off the event loop: every file's header is read (a CT's slices: thousands)
-        uploads, text = await asyncio.to_thread(_chat_inputs, chat.messages, *limits)
+        uploads, text = await asyncio.to_thread(_chat_inputs, chat.messages, body.images, *limits)
         prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
         completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
         name, created, ident = self.settings.model_name, int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
@@ -444,37 +455,41 @@ class Ingress:
         limit = self.settings.request_timeout_s
         return ApiError(504, f"the request took longer than {limit:g} s (request_timeout_s)", "timeout")
 
-    async def _body(self, request: Request, text: TextMeter | None = None) -> bytes:
-        """The request body, refused with 413 past the size limit, and with 400 once `text`
-        counts more bytes outside data URIs than the text limit allows (both while it
-        streams in, before it is parsed)."""
+    async def _body(self, request: Request, chat: ChatBody | None = None) -> bytearray:
+        """The request body, refused with 413 past the size limit while it streams in. With
+        `chat`, the body is read into it (its images set apart), refused with 400 as soon
+        as the rest is more than the text limit allows, and `chat.json` returned."""
         limit, text_limit = self.settings.max_request_bytes, self.settings.max_text_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"the request is {int(declared):,} bytes; the limit is {limit:,}")
-        chunks, size = [], 0
+        body, size = bytearray(), 0  # grown in place, not chunks joined: a large body is held once
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"the request is over the limit of {limit:,} bytes")
-            if text is not None:
-                text.add(chunk)
-                if text.outside > text_limit:
-                    raise ApiError(
-                        400,
-                        f"the body holds over {text_limit:,} bytes besides its images' data URIs: "
-                        f"more text than this server takes ({self.settings.max_prompt_chars:,} "
-                        "characters, max_prompt_chars)",
-                    )
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if chat is None:
+                body += chunk
+                continue
+            _client_call(chat.add, chunk)
+            if len(chat.json) > text_limit:
+                raise ApiError(
+                    400,
+                    f"the body holds over {text_limit:,} bytes besides its images' data URIs: "
+                    f"more text than this server takes ({self.settings.max_prompt_chars:,} "
+                    "characters, max_prompt_chars)",
+                )
+        if chat is None:
+            return body
+        chat.end()
+        return chat.json
 
     async def _form(self, request: Request):
         body = await self._body(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(415, "send multipart/form-data with a file field and a task field")
 
-        async def once() -> AsyncIterator[bytes]:
+        async def once() -> AsyncIterator[bytearray]:
             yield body
 
         try:

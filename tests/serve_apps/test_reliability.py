@@ -10,8 +10,11 @@ settings. The memory and replica-kill tests share one app with two LLM replicas.
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import os
+import re
 import signal
 import statistics
 import threading
@@ -20,17 +23,20 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 import ray
+from PIL import Image
 from ray import serve
 
 from p2med.serve_apps.app import build_app
 from p2med.serve_apps.settings import ServeSettings
-from tests.serve_apps.conftest import KEY
+from tests.serve_apps.conftest import KEY, zipped
 from tests.serve_apps.test_api import data_uri, png
+from tests.support.dicoms import blank, blank_series, deflated
 
 pytestmark = pytest.mark.slow  # the app on a local Ray Serve, under minutes of load
 
@@ -149,10 +155,13 @@ def test_a_request_past_request_timeout_s_is_answered_504(base_url, settings):
 
 def two_llm_replicas(settings: ServeSettings) -> ServeSettings:
     """Two fixed LLM replicas (one keeps answering while the other is replaced) and one of
-    each other deployment: the session's app and this one fit the tests' 2 CPUs."""
+    each other deployment: the session's app and this one fit the tests' 2 CPUs. Requests
+    up to 16 MiB: twice that bounds a replica's growth in the hostile-upload test, above
+    the allocator's noise."""
     llm = settings.llm.model_copy(update={"min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": 4})
     vision = settings.vision.model_copy(update={"min_replicas": 1, "max_replicas": 1})
-    return settings.model_copy(update={"llm": llm, "vision": vision, "demo": False})
+    update = {"llm": llm, "vision": vision, "demo": False, "max_request_mb": 16.0}
+    return settings.model_copy(update=update)
 
 
 TWO_REPLICAS = "replicas"  # the application of the memory and replica-kill tests
@@ -197,6 +206,66 @@ def test_memory_stays_flat_across_1000_requests(two_replica_app):
     print(f"replica memory growth over 1,000 requests (MiB): {total}; in each 100: {steps}")
     assert max(typical.values()) < 1.5, steps
     assert max(total.values()) < 24, total
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most resident memory `pid` has held since its peak was last reset (VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) / 2**10
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
+
+
+def hostile_requests(limit: int) -> dict[str, dict]:
+    """name -> httpx request arguments: uploads and bodies that would take many times
+    `limit` bytes of memory if they were decoded or parsed whole."""
+    xray = deflated(blank(4096))  # 32 MiB of pixels
+    series = zipped([deflated(ds) for ds in blank_series(6, 2048)])  # 8 MiB a slice
+    png_bomb = io.BytesIO()
+    Image.new("L", (8192, 8192)).save(png_bomb, format="PNG")  # 64 MiB of pixels
+    under_limit = [data_uri(deflated(blank(1448)), "application/dicom")] * 8  # 4 MiB each, 32 together
+    garbage = base64.b64encode(os.urandom(limit * 3 // 4 - 2**16)).decode()  # a body just under the limit
+
+    def chat(*urls: str, text: str = "Report.") -> dict:
+        parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls] + [
+            {"type": "text", "text": text}
+        ]
+        return {"json": {"model": "p2med", "messages": [{"role": "user", "content": parts}]}}
+
+    return {
+        "deflated 4096 x 4096 X-ray": {"data": {"task": "xray_report"}, "files": {"file": ("x", xray)}},
+        "zip of 6 deflated 2048 x 2048 slices": {
+            "data": {"task": "ct_report"},
+            "files": {"file": ("z", series)},
+        },
+        "8192 x 8192 PNG": chat(data_uri(png_bomb.getvalue())),
+        "8 DICOMs decoding past the limit together": chat(*under_limit),
+        "a prompt of the body's size": chat(text="x" * (limit - 2**16)),
+        "a body's size of base64 noise": chat(f"data:image/png;base64,{garbage}"),
+    }
+
+
+def test_hostile_uploads_get_4xx_and_leave_every_replica_within_twice_the_request_limit(two_replica_app):
+    """One at a time: a replica's peak resident memory while one is answered, less its
+    size before, stays under twice `max_request_mb` (16 MiB here). Pixel budgets are
+    checked from headers before decoding; a chat body's images are decoded as it streams
+    in, and its text refused once it is past the limit."""
+    limit = 16 * 2**20
+    named = [(d, r["pid"]) for d in ("Ingress", "VisionEncoder", "LLM") for r in replicas(TWO_REPLICAS, d)]
+    answers, growth, auth = {}, {}, {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=two_replica_app, headers=auth, timeout=120) as http:
+        for name, request in hostile_requests(limit).items():
+            before = {pid: psutil.Process(pid).memory_info().rss / 2**20 for _, pid in named}
+            for _, pid in named:
+                reset_peak_rss(pid)
+            path = "/v1/reports" if "files" in request else "/v1/chat/completions"
+            answers[name] = http.post(path, **request).status_code
+            growth[name] = {f"{d} {pid}": round(peak_rss_mib(pid) - before[pid], 1) for d, pid in named}
+    print(f"peak growth while each hostile request is answered (MiB): {growth}")
+    assert answers == dict.fromkeys(answers, 400), answers
+    assert max(max(each.values()) for each in growth.values()) < 2 * limit / 2**20, growth
 
 
 def test_a_killed_llm_replica_loses_only_its_requests_and_is_replaced(two_replica_app):

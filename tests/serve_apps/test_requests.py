@@ -39,7 +39,7 @@ def test_a_chat_gives_its_images_in_order_and_its_user_text():
         Message(role="assistant", content="An earlier answer, not input."),
         Message(role="user", content=[image(data_uri(second, "image/jpeg"))]),
     ]
-    uploads, text = _chat_inputs(messages, LIMIT, MAX_IMAGES)
+    uploads, text = _chat_inputs(messages, [], LIMIT, MAX_IMAGES)
     assert uploads == [[first], [second]]
     assert text == "You write radiology reports.\nWrite the report."
 
@@ -57,23 +57,23 @@ def test_a_chat_gives_its_images_in_order_and_its_user_text():
 def test_images_that_are_not_accepted_are_refused_with_400(url, message):
     chat = [Message(role="user", content=[image(url), {"type": "text", "text": "Write the report."}])]
     with pytest.raises(ApiError, match=message) as refused:
-        _chat_inputs(chat, LIMIT, MAX_IMAGES)
+        _chat_inputs(chat, [], LIMIT, MAX_IMAGES)
     assert refused.value.status == 400
 
 
 def test_images_decoding_past_the_limit_together_are_refused_with_400():
     each = data_uri(picture("L", "PNG", size=(300, 300)))  # 90,000 bytes of pixels
     chat = [Message(role="user", content=[image(each), image(each), {"type": "text", "text": "Compare."}])]
-    assert len(_chat_inputs(chat, 200_000, MAX_IMAGES)[0]) == 2
+    assert len(_chat_inputs(chat, [], 200_000, MAX_IMAGES)[0]) == 2
     with pytest.raises(ApiError, match="decodes to 180,000 bytes together; the limit is 100,000") as refused:
-        _chat_inputs(chat, 100_000, MAX_IMAGES)
+        _chat_inputs(chat, [], 100_000, MAX_IMAGES)
     assert refused.value.status == 400
 
 
 def test_a_chat_without_text_is_refused():
     with pytest.raises(ApiError, match="hold no text") as refused:
         only_an_image = [Message(role="user", content=[image(data_uri(picture("L", "PNG")))])]
-        _chat_inputs(only_an_image, LIMIT, MAX_IMAGES)
+        _chat_inputs(only_an_image, [], LIMIT, MAX_IMAGES)
     assert refused.value.status == 400
 
 

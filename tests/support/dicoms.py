@@ -20,6 +20,23 @@ def as_radiograph(name: str) -> pydicom.Dataset:
     return ds
 
 
+def blank(side: int, modality: str = "DX") -> pydicom.Dataset:
+    """A pydicom test file made `side` x `side`, its pixels zeros: megabytes that deflate to KB."""
+    source = "CT_small.dcm" if modality == "CT" else "MR_small.dcm"
+    ds = pydicom.dcmread(get_testdata_file(source, download=False))
+    ds.Modality, ds.Rows, ds.Columns = modality, side, side
+    ds.PixelData = bytes(side * side * 2)
+    return ds
+
+
+def blank_series(count: int, side: int) -> list[pydicom.Dataset]:
+    """`count` blank axial CT slices of `side` x `side`, 2.5 mm apart."""
+    series = [blank(side, "CT") for _ in range(count)]
+    for index, ds in enumerate(series):
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * index], [1, 0, 0, 0, 1, 0]
+    return series
+
+
 def saved(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

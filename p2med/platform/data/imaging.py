@@ -132,11 +132,15 @@ def read_dicom(data: bytes | BinaryIO, max_bytes: int, stop_before_pixels: bool 
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     _check_inflated_size(source, max_bytes)
     try:
-        return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DecodeFailure(
             Reason.UNREADABLE_FILE, f"not a readable DICOM file ({type(exc).__name__})"
         ) from None
+    # what it was read from: for a Deflated file, the whole dataset inflated, which the
+    # dataset would otherwise keep alive as long as itself (its elements are read)
+    ds.buffer = None
+    return ds
 
 
 def _check_inflated_size(source: BinaryIO, max_bytes: int) -> None:
