@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ LOCAL_RAY_ENV = {
 # (`haproxy_loopback.py`).
 HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+# HAProxy reaches a node's ingress replicas at ports from the start of a range (HTTP 30000,
+# gRPC 40000 by default), which they bind with SO_REUSEPORT: two local Rays with the same
+# ranges share those ports, and one's HAProxy answers with the other's app (its keys, its
+# model). A local Ray takes a block of free ports of its own, below the ephemeral range.
+INGRESS_PORT_RANGES = (
+    ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"),
+    ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"),
+)
+INGRESS_PORTS = 100  # a range: more than a node's ingress replicas
+INGRESS_BLOCKS = range(20_000, 32_000, INGRESS_PORTS * len(INGRESS_PORT_RANGES))
 
 
 def use_local_ray_env() -> None:
@@ -55,6 +66,11 @@ def _set_local_ray_env() -> None:
     for name in HAPROXY_PORT_VARIABLES:
         if not _is_free(os.environ.get(name, "")):
             os.environ[name] = str(_free_port())
+    if not all(_range_is_free(os.environ.get(low, "")) for low, _ in INGRESS_PORT_RANGES):
+        start = _free_ingress_block()
+        for low, high in INGRESS_PORT_RANGES:
+            os.environ[low], os.environ[high] = str(start), str(start + INGRESS_PORTS - 1)
+            start += INGRESS_PORTS
     if HAPROXY_BINARY_VARIABLE not in os.environ:
         _run_haproxy_on_loopback()
 
@@ -69,6 +85,20 @@ def _run_haproxy_on_loopback() -> None:
         raise RuntimeError(f"no {launcher}: install p2med (pip install -e .) into {sys.prefix}")
     os.environ[REAL_BINARY_VARIABLE] = get_haproxy_binary()
     os.environ[HAPROXY_BINARY_VARIABLE] = str(launcher)
+
+
+def _range_is_free(start: str) -> bool:
+    ports = range(int(start), int(start) + INGRESS_PORTS) if start.isdigit() else []
+    return bool(ports) and all(_is_free(str(port)) for port in ports)
+
+
+def _free_ingress_block() -> int:
+    """The first port of a free block for `INGRESS_PORT_RANGES`, picked at random: local
+    Rays starting at once rarely pick the same."""
+    for start in random.sample(INGRESS_BLOCKS, len(INGRESS_BLOCKS)):
+        if all(_range_is_free(str(start + INGRESS_PORTS * k)) for k in range(len(INGRESS_PORT_RANGES))):
+            return start
+    raise RuntimeError(f"no {len(INGRESS_PORT_RANGES) * INGRESS_PORTS} free ports for Serve's ingress")
 
 
 def _is_free(port: str) -> bool:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from p2med.platform.haproxy_loopback import loopback_binds
-from p2med.platform.ray_runtime import HAPROXY_PORT_VARIABLES, use_local_ray_env
+from p2med.platform.ray_runtime import HAPROXY_PORT_VARIABLES, INGRESS_PORT_RANGES, use_local_ray_env
 from tests.conftest import REPO
 
 
@@ -51,3 +51,22 @@ def test_haproxys_every_interface_binds_move_to_loopback_and_addressed_ones_stay
         "bind 10.0.0.5:9000 proto h2",
         "bind 127.0.0.1:8404",
     ]
+
+
+def test_serves_ingress_ports_held_by_another_ray_are_not_shared(monkeypatch):
+    """Another local Ray's ingress replica holds a port of this one's range (with
+    SO_REUSEPORT, as Serve binds them): this one takes another block, so that its HAProxy
+    never reaches the other's app."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        (low, high), (grpc_low, _) = INGRESS_PORT_RANGES
+        monkeypatch.setenv(low, str(taken))
+        monkeypatch.setenv(high, str(taken + 99))
+        use_local_ray_env()
+        http = range(int(os.environ[low]), int(os.environ[high]) + 1)
+        grpc_start = int(os.environ[grpc_low])
+    assert taken not in http and len(http) == 100 and grpc_start >= http.stop
