@@ -28,16 +28,24 @@ LOCAL_RAY_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
-# HAProxy's stats page and metrics exporter listen on fixed ports (8404, 9101): a local
-# Ray takes free ones, so that two can run side by side (also a p2med started by another,
-# which inherits the ports its parent's HAProxy holds), and puts them on 127.0.0.1
-# (`haproxy_loopback.py`).
-HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+# Serve listens on fixed ports besides the API's: HAProxy's stats page and metrics
+# exporter (8404, 9101), and the fallback proxy HAProxy sends requests to while no ingress
+# replica is up (8500, 9500), bound with SO_REUSEPORT, so that a second local Ray's
+# fallback proxy answered the first's requests with its own app. A local Ray takes free
+# ones (also a p2med started by another, which inherits the ports its parent's Ray holds),
+# and puts HAProxy's two on 127.0.0.1 (`haproxy_loopback.py`).
+SERVE_PORT_VARIABLES = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
 HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
 # HAProxy reaches a node's ingress replicas at ports from the start of a range (HTTP 30000,
 # gRPC 40000 by default), which they bind with SO_REUSEPORT: two local Rays with the same
 # ranges share those ports, and one's HAProxy answers with the other's app (its keys, its
-# model). A local Ray takes a block of free ports of its own, below the ephemeral range.
+# model). A local Ray takes a block of free ports of its own, below the ephemeral range
+# (one port each would not do: a range holds a port for each ingress replica).
 INGRESS_PORT_RANGES = (
     ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"),
     ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"),
@@ -63,7 +71,7 @@ def use_local_ray_env() -> None:
 def _set_local_ray_env() -> None:
     for name, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(name, value)
-    for name in HAPROXY_PORT_VARIABLES:
+    for name in SERVE_PORT_VARIABLES:
         if not _is_free(os.environ.get(name, "")):
             os.environ[name] = str(_free_port())
     if not all(_range_is_free(os.environ.get(low, "")) for low, _ in INGRESS_PORT_RANGES):

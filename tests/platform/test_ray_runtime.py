@@ -1,5 +1,5 @@
 """A local Ray's Serve mode reaches the driver too, or starting one says why it cannot; its
-HAProxy takes ports no one holds."""
+Serve takes ports no one holds, and its HAProxy's pages are on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from p2med.platform.haproxy_loopback import loopback_binds
-from p2med.platform.ray_runtime import HAPROXY_PORT_VARIABLES, INGRESS_PORT_RANGES, use_local_ray_env
+from p2med.platform.ray_runtime import INGRESS_PORT_RANGES, SERVE_PORT_VARIABLES, use_local_ray_env
 from tests.conftest import REPO
 
 
@@ -23,17 +23,17 @@ def test_a_driver_that_imported_serve_first_is_told_to_set_the_mode_first():
     assert "call p2med.platform.ray_runtime.use_local_ray_env() before importing ray" in result.stderr
 
 
-def test_haproxy_ports_held_by_another_ray_are_not_reused(monkeypatch):
-    """A p2med started by another inherits the ports its parent's HAProxy listens on."""
+def test_serve_ports_held_by_another_ray_are_not_reused(monkeypatch):
+    """A p2med started by another inherits the ports its parent's Serve listens on."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with socket.socket() as held:
         held.bind(("", 0))
         held.listen()
         taken = str(held.getsockname()[1])
-        for name in HAPROXY_PORT_VARIABLES:
+        for name in SERVE_PORT_VARIABLES:
             monkeypatch.setenv(name, taken)
         use_local_ray_env()
-        ports = [os.environ[name] for name in HAPROXY_PORT_VARIABLES]
+        ports = [os.environ[name] for name in SERVE_PORT_VARIABLES]
     assert taken not in ports and all(port.isdigit() for port in ports)
 
 
