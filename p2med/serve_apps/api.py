@@ -291,8 +291,7 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
-        body = ChatBody()
-        await self._body(request, body)
+        body = await self._chat_body(request)
         chat = _chat_request(body.json)
         if chat.model != self.settings.model_name:
             raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
@@ -455,34 +454,40 @@ class Ingress:
         limit = self.settings.request_timeout_s
         return ApiError(504, f"the request took longer than {limit:g} s (request_timeout_s)", "timeout")
 
-    async def _body(self, request: Request, chat: ChatBody | None = None) -> bytearray:
-        """The request body, refused with 413 past the size limit while it streams in. With
-        `chat`, the body is read into it (its images set apart), refused with 400 as soon
-        as the rest is more than the text limit allows, and `chat.json` returned."""
-        limit, text_limit = self.settings.max_request_bytes, self.settings.max_text_bytes
+    async def _chunks(self, request: Request) -> AsyncIterator[bytes]:
+        """The request body as it streams in, refused with 413 past the size limit."""
+        limit = self.settings.max_request_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"the request is {int(declared):,} bytes; the limit is {limit:,}")
-        body, size = bytearray(), 0  # grown in place, not chunks joined: a large body is held once
+        size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"the request is over the limit of {limit:,} bytes")
-            if chat is None:
-                body += chunk
-                continue
-            _client_call(chat.add, chunk)
-            if len(chat.json) > text_limit:
+            yield chunk
+
+    async def _body(self, request: Request) -> bytearray:
+        body = bytearray()  # grown in place, not chunks joined: a large body is held once
+        async for chunk in self._chunks(request):
+            body += chunk
+        return body
+
+    async def _chat_body(self, request: Request) -> ChatBody:
+        """A chat body with its images set apart as it streams in, refused with 400 as soon
+        as the rest is more than the text limit allows."""
+        body, limit = ChatBody(), self.settings.max_text_bytes
+        async for chunk in self._chunks(request):
+            _client_call(body.add, chunk)
+            if len(body.json) > limit:
                 raise ApiError(
                     400,
-                    f"the body holds over {text_limit:,} bytes besides its images' data URIs: "
-                    f"more text than this server takes ({self.settings.max_prompt_chars:,} "
-                    "characters, max_prompt_chars)",
+                    f"the body holds over {limit:,} bytes besides its images' data URIs: more text "
+                    f"than this server takes ({self.settings.max_prompt_chars:,} characters, "
+                    "max_prompt_chars)",
                 )
-        if chat is None:
-            return body
-        chat.end()
-        return chat.json
+        body.end()
+        return body
 
     async def _form(self, request: Request):
         body = await self._body(request)
