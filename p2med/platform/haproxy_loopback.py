@@ -9,8 +9,8 @@ wrote, under the lock Ray writes it with, then becomes the real HAProxy
 ($P2MED_HAPROXY_BINARY) with the same arguments, so that Ray manages it as its own.
 
 It also asks the kernel to stop HAProxy when its parent (Serve's HAProxy manager) ends:
-a `p2med serve` stopped while Serve was reloading HAProxy left the new HAProxy running,
-holding the API's port (1 of 3 stops here, with Ray's binary as with this one).
+a `p2med serve` stopped while Serve was reloading HAProxy could leave the new HAProxy
+running, holding the API's port (docs/serving.md, Ray Serve setup).
 """
 
 from __future__ import annotations
