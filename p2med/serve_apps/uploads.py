@@ -11,7 +11,8 @@ never from a file name or a declared type:
 `max_bytes` (the request size limit) also bounds what the upload expands to: a zip's
 files, and the pixel data they decode to, as their headers give it (a few KB of
 compressed pixels can ask for gigabytes). `inspect_upload` checks all that from the
-headers, before any pixel is decoded.
+headers, before any pixel is decoded; `decode_upload` checks it again (a file is read once
+there, with its pixel data still encoded) before it decodes.
 
 Every refusal is a `BadUpload` whose message says what is wrong with the upload without
 quoting a header value.
@@ -24,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from p2med.platform.data.imaging import (
     DecodeFailure,
@@ -67,12 +69,35 @@ def inspect_upload(files: list[bytes], max_bytes: int) -> Upload:
         BadUpload: no file, files that are not one image, or an upload that expands (zip)
             or decodes past `max_bytes`.
     """
+    return _read(files, max_bytes, stop_before_pixels=True)[0]
+
+
+def decode_upload(files: list[bytes], imaging: ImagingSettings, max_bytes: int) -> tuple[str, np.ndarray]:
+    """One uploaded image -> ("xray", (S, S)) or ("ct", (D, H, W)), float32 in [0, 1].
+
+    Raises:
+        BadUpload: not an image, a corrupt DICOM, a CT series that is not a volume, an
+            upload past `max_bytes` (see `inspect_upload`), ...
+    """
+    upload, datasets = _read(files, max_bytes, stop_before_pixels=False)
+    try:
+        if not datasets:  # a picture
+            return upload.kind, picture_pixels(upload.files[0], imaging)
+        pixels = xray_pixels(datasets[0], imaging) if upload.kind == "xray" else ct_volume(datasets, imaging)
+        return upload.kind, pixels
+    except DecodeFailure as failure:
+        raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
+
+
+def _read(files: list[bytes], max_bytes: int, stop_before_pixels: bool) -> tuple[Upload, list[Dataset]]:
+    """The upload, and its DICOM files read (to their pixel data, or whole with the pixel
+    data still encoded); no dataset for a picture. Raises BadUpload as `inspect_upload`."""
     if not files:
         raise BadUpload("the upload holds no file")
     types = [file_type(data) for data in files]
     try:
         if len(files) == 1 and types[0] in ("png", "jpeg"):
-            return _within(Upload("xray", files, picture_bytes(files[0])), max_bytes)
+            return _within(Upload("xray", files, picture_bytes(files[0])), max_bytes), []
         zipped = types == ["zip"]
         if zipped:
             files = _unzipped(files[0], max_bytes)
@@ -81,10 +106,11 @@ def inspect_upload(files: list[bytes], max_bytes: int) -> Upload:
                 "not an image: an upload is one PNG, JPEG or DICOM X-ray, or a CT series as DICOM "
                 "files or one zip of them"
             )
-        headers = [read_dicom(data, max_bytes, stop_before_pixels=True) for data in files]
-        single_ct = str(headers[0].get("Modality", "")) == "CT"
+        datasets = [read_dicom(data, max_bytes, stop_before_pixels) for data in files]
+        single_ct = str(datasets[0].get("Modality", "")) == "CT"
         kind = "ct" if zipped or len(files) > 1 or single_ct else "xray"
-        return _within(Upload(kind, files, sum(frame_bytes(ds) for ds in headers)), max_bytes)
+        upload = Upload(kind, files, sum(frame_bytes(ds) for ds in datasets))
+        return _within(upload, max_bytes), datasets
     except DecodeFailure as failure:
         raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
 
@@ -95,24 +121,6 @@ def _within(upload: Upload, max_bytes: int) -> Upload:
             f"the image's pixel data decodes to {upload.pixel_bytes:,} bytes; the limit is {max_bytes:,}"
         )
     return upload
-
-
-def decode_upload(files: list[bytes], imaging: ImagingSettings, max_bytes: int) -> tuple[str, np.ndarray]:
-    """One uploaded image -> ("xray", (S, S)) or ("ct", (D, H, W)), float32 in [0, 1].
-
-    Raises:
-        BadUpload: not an image, a corrupt DICOM, a CT series that is not a volume, an
-            upload past `max_bytes` (see `inspect_upload`), ...
-    """
-    upload = inspect_upload(files, max_bytes)
-    try:
-        if upload.kind == "xray" and file_type(upload.files[0]) in ("png", "jpeg"):
-            return upload.kind, picture_pixels(upload.files[0], imaging)
-        slices = [read_dicom(data, max_bytes) for data in upload.files]
-        pixels = xray_pixels(slices[0], imaging) if upload.kind == "xray" else ct_volume(slices, imaging)
-        return upload.kind, pixels
-    except DecodeFailure as failure:
-        raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
 
 
 def _unzipped(data: bytes, max_bytes: int) -> list[bytes]:

@@ -36,10 +36,11 @@ from typing import Any, BinaryIO, ParamSpec, TypeVar
 import numpy as np
 import pydicom
 from pydantic import Field
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator
+from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from p2med.platform.config import Settings
@@ -50,7 +51,7 @@ XRAY_MODALITIES = frozenset({"CR", "DX"})
 # '1.2.SMITH'"), into Ray's logs and the console: headers are identifying, and a value we
 # use is checked where it is used
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-TRANSFER_SYNTAX_TAG = 0x00020010
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double float, integer
 
 
 class ImagingSettings(Settings):
@@ -130,41 +131,94 @@ def read_dicom(data: bytes | BinaryIO, max_bytes: int, stop_before_pixels: bool 
     """Parse DICOM bytes (or a binary file at its start); anything that is not a readable
     DICOM file is UNREADABLE_FILE, a Deflated dataset inflating past `max_bytes` TOO_LARGE."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    _check_inflated_size(source, max_bytes)
     try:
-        ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+        ds = _read_deflated(source, max_bytes, stop_before_pixels) or pydicom.dcmread(
+            source, stop_before_pixels=stop_before_pixels
+        )
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DecodeFailure(
             Reason.UNREADABLE_FILE, f"not a readable DICOM file ({type(exc).__name__})"
         ) from None
-    # what it was read from: for a Deflated file, the whole dataset inflated, which the
-    # dataset would otherwise keep alive as long as itself (its elements are read)
+    # what it was read from, which the dataset would otherwise keep alive as long as itself
+    # (its elements are read)
     ds.buffer = None
     return ds
 
 
-def _check_inflated_size(source: BinaryIO, max_bytes: int) -> None:
-    """Refuses a file of the Deflated transfer syntax whose dataset inflates past
-    `max_bytes`, counting piece by piece (pydicom inflates the whole dataset at once, even
-    to read a header). Leaves `source` where it was."""
+def _read_deflated(source: BinaryIO, max_bytes: int, stop_before_pixels: bool) -> FileDataset | None:
+    """A file of the Deflated transfer syntax, its dataset inflated as it is parsed: to its
+    pixel data for a header, whole (at most `max_bytes`) otherwise. None for any other
+    file, `source` left where it was. pydicom inflates the whole dataset at once, even to
+    read a header: a few hundred KB of a Deflated file can ask for gigabytes."""
     start = source.tell()
-    try:
-        if source.read(132)[128:] != b"DICM":
-            return  # no file meta: not Deflated (pydicom judges the rest)
-        # read to the meta's end: `source` is then at the dataset
-        meta = list(data_element_generator(source, False, True, stop_when=lambda tag, *_: tag.group != 2))
-        syntax = next((e.value for e in meta if e.tag == TRANSFER_SYNTAX_TAG), b"")
-        if bytes(syntax).rstrip(b"\0 ").decode("ascii", "replace") != DeflatedExplicitVRLittleEndian:
-            return
-        inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while not inflater.eof and (piece := source.read(4096)):
-            size += len(inflater.decompress(piece))
-            if size > max_bytes:
-                raise DecodeFailure(
-                    Reason.TOO_LARGE, f"a Deflated dataset inflating past the limit of {max_bytes:,} bytes"
-                )
-    finally:
-        source.seek(start)
+    preamble = source.read(132)
+    if preamble[128:] == b"DICM":
+        meta = FileMetaDataset(read_dataset(source, False, True, stop_when=_past_file_meta))
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            stop = _at_pixel_data if stop_before_pixels else None
+            # Deflated is Explicit VR Little Endian once inflated
+            dataset = read_dataset(_Inflating(source, max_bytes), False, True, stop_when=stop)
+            ds = FileDataset(source, dataset, preamble[:128], meta, False, True)
+            ds.set_original_encoding(False, True, dataset.original_character_set)
+            return ds
+    source.seek(start)
+    return None
+
+
+def _past_file_meta(tag: BaseTag, *_: object) -> bool:
+    return tag.group != 2
+
+
+def _at_pixel_data(tag: BaseTag, *_: object) -> bool:
+    return tag in PIXEL_DATA_TAGS
+
+
+class _Inflating:
+    """The raw-deflate stream of `source` (from where it is) as a readable, seekable file,
+    inflated a piece (64 KiB) at a time as far as it is read; inflating past `max_bytes` is refused
+    (TOO_LARGE). What was inflated is kept: pydicom seeks back a few bytes at times."""
+
+    PIECE = 2**16
+
+    def __init__(self, source: BinaryIO, max_bytes: int) -> None:
+        self._source, self._max_bytes = source, max_bytes
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._inflated = bytearray()
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self._inflated) < self._position + size) and self._inflate_piece():
+            pass
+        end = len(self._inflated) if size < 0 else self._position + size
+        data = bytes(self._inflated[self._position : end])
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            while self._inflate_piece():
+                pass
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._inflated)}[whence]
+        self._position = max(base + offset, 0)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def _inflate_piece(self) -> bool:
+        """Inflates the next piece onto what was inflated; False at the stream's end."""
+        if self._inflater.eof:
+            return False
+        compressed = self._inflater.unconsumed_tail or self._source.read(self.PIECE)
+        if not compressed:
+            return False
+        # a piece at most, and one byte past the limit tells it apart from reaching it
+        room = min(self.PIECE, self._max_bytes - len(self._inflated) + 1)
+        self._inflated += self._inflater.decompress(compressed, room)
+        if len(self._inflated) > self._max_bytes:
+            limit = f"the limit of {self._max_bytes:,} bytes"
+            raise DecodeFailure(Reason.TOO_LARGE, f"a Deflated dataset inflating past {limit}")
+        return True
 
 
 @judged_alone
