@@ -82,7 +82,16 @@ def bucket(s3_endpoint) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def gradio_folder(tmp_path_factory) -> Path:
+    """Where the Gradio demo of every app this session serves (its replicas inherit this
+    process's environment) puts uploads: the tests check that it keeps none."""
+    folder = tmp_path_factory.mktemp("gradio")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_local(gradio_folder):
     """A real local Ray on this machine's 2 cores, shared by the session's tests."""
     import ray
 

@@ -5,17 +5,22 @@ image (a CT with a slice slider) and the report as it is written.
 The page calls the same code path as `POST /v1/reports` (`write`), and shows the image
 as the model sees it (`preview`: the ingest's preprocessing). An upload is identifying:
 its files are read into the page's session state and deleted from Gradio's upload folder
-at once (`load`); the session's state goes when the page closes.
+at once (`load`); the session's state goes when the page closes. The image is shown as a
+PNG data URI in the page's HTML, never written to a file (Gradio's image component would
+write each one to its cache folder and keep it there until the server stops).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 TASK_LABELS = {
     "xray_report": "Chest X-ray report",
@@ -37,8 +42,8 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
     """The page. `write(task, files, clinical_text)`: the report's pieces; `preview(files)`:
     ("xray", (S, S)) or ("ct", (D, H, W)) in [0, 1]. Both raise DemoRefusal for bad input."""
 
-    def load(paths: list[str] | None) -> list[bytes] | None:
-        return _taken(paths) if paths else None
+    def load(files: list[dict] | None) -> list[bytes] | None:
+        return _taken(files) if files else None
 
     def show(uploaded: list[bytes] | None):
         if not uploaded:
@@ -48,18 +53,18 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
         except DemoRefusal as refusal:
             raise gr.Error(str(refusal)) from None
         if kind == "xray":
-            return _grey(pixels), gr.update(visible=False), None
+            return _shown(pixels), gr.update(visible=False), None
         middle = len(pixels) // 2
         slider = gr.update(visible=True, minimum=0, maximum=len(pixels) - 1, value=middle)
-        return _grey(pixels[middle]), slider, pixels
+        return _shown(pixels[middle]), slider, pixels
 
     def pick_slice(volume: np.ndarray | None, index: float):
-        return None if volume is None else _grey(volume[int(index)])
+        return None if volume is None else _shown(volume[int(index)])
 
-    async def report(paths: list[str] | None, uploaded: list[bytes] | None, task: str, clinical_text: str):
+    async def report(files: list[dict] | None, uploaded: list[bytes] | None, task: str, clinical_text: str):
         # the page's upload was taken into the session (`load`); a client of the page's
         # API (gradio_client) sends its files with the call instead
-        uploaded = uploaded or (_taken(paths) if paths else None)
+        uploaded = uploaded or (_taken(files) if files else None)
         if not uploaded:
             raise gr.Error("Upload an X-ray or a CT series first.")
         try:
@@ -88,26 +93,25 @@ def build_demo(write: Write, preview: Preview) -> gr.Blocks:
                 clinical = gr.Textbox(label="Clinical text (optional)", lines=3)
                 run = gr.Button("Write", variant="primary")
             with gr.Column():
-                image = gr.Image(
-                    label="Image as the model sees it",
-                    type="numpy",
-                    interactive=False,
-                    height=360,
-                    elem_id="preview",
-                )
+                gr.Markdown("Image as the model sees it")
+                image = gr.HTML(elem_id="preview", min_height=DISPLAY_SIDE)
                 slice_index = gr.Slider(label="CT slice", minimum=0, maximum=1, step=1, visible=False)
                 output = gr.Textbox(label="Report", lines=12, elem_id="report")
         volume, uploaded = gr.State(), gr.State()
-        files.change(load, files, uploaded).then(show, uploaded, [image, slice_index, volume])
+        # the file component's own preprocessing leaves an empty file in Gradio's folder
+        # each time (gradio 6.31): its handlers take the files as sent, {"path": ...} each
+        loaded = files.change(load, files, uploaded, preprocess=False)
+        loaded.then(show, uploaded, [image, slice_index, volume])
         slice_index.change(pick_slice, [volume, slice_index], image)
-        run.click(report, [files, uploaded, task, clinical], output)
+        run.click(report, [files, uploaded, task, clinical], output, preprocess=False)
     return demo
 
 
-def _taken(paths: list[str]) -> list[bytes]:
-    """The files' bytes; the files, and the folders Gradio made for them, are deleted."""
+def _taken(files: list[dict]) -> list[bytes]:
+    """The bytes of the files Gradio received ({"path": ...} each); the files, and the
+    folders Gradio made for them, are deleted."""
     taken = []
-    for path in map(Path, paths):
+    for path in (Path(file["path"]) for file in files):
         try:
             taken.append(path.read_bytes())
         finally:
@@ -125,3 +129,11 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
     factor = max(1, DISPLAY_SIDE // max(pixels.shape))
     enlarged = pixels.repeat(factor, axis=0).repeat(factor, axis=1)
     return (np.clip(enlarged, 0, 1) * 255).astype(np.uint8)
+
+
+def _shown(pixels: np.ndarray) -> str:
+    """(H, W) in [0, 1] -> an <img> of its `_grey` picture as a PNG data URI."""
+    png = io.BytesIO()
+    Image.fromarray(_grey(pixels)).save(png, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+    return f'<img src="{uri}" alt="the uploaded image as the model sees it">'

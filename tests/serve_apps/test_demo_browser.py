@@ -57,7 +57,11 @@ def log_in(page, base_url: str) -> None:
     expect(page.get_by_role("button", name="Write")).to_be_visible(timeout=60_000)
 
 
-def test_upload_an_xray_and_read_the_streamed_report(page, base_url, xray_dicom, tmp_path):
+def files_in(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def test_upload_an_xray_and_read_the_streamed_report(page, base_url, xray_dicom, tmp_path, gradio_folder):
     upload = tmp_path / "chest.dcm"
     upload.write_bytes(xray_dicom)
     log_in(page, base_url)
@@ -79,6 +83,8 @@ def test_upload_an_xray_and_read_the_streamed_report(page, base_url, xray_dicom,
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"demo screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
+    # the upload, identifying, was taken into the page's session; its preview never was a file
+    assert files_in(gradio_folder) == []
 
 
 def test_a_ct_zip_gets_a_slice_slider(page, base_url, ct_series, tmp_path):
