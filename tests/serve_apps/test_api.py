@@ -53,6 +53,8 @@ def error_of(response: httpx.Response, status: int) -> str:
 
 def test_health_needs_no_key(base_url):
     assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    # Serve's own route, answered by HAProxy, which the docs give load balancers
+    assert httpx.get(f"{base_url}/-/healthz").status_code == 200
 
 
 def test_the_api_needs_a_valid_key(base_url, client):
