@@ -13,6 +13,10 @@ either order, with initials; and of dates (numeric and written out), phone numbe
 e-mail addresses, record numbers and physician names by pattern. A name that is also an
 ordinary word of a report (`ORDINARY_WORDS`: "May", "Grace", "White"...) is scrubbed on
 its own only as a name: capitalised, after a title or a relation ("Mrs", "mother").
+Chinese text the same way, through one `Scrubber` (`deid_zh`: names in characters and in
+pinyin, address parts, Chinese date, ID card, phone and record number formats). Full-width
+digits, letters and punctuation (１３８－１２３４...) are read as their ASCII forms; the text
+is otherwise kept as it came.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from p2med.platform.config import Settings
+from p2med.platform.data import deid_zh
 from p2med.platform.errors import P2MedError
 
 KEY_ENV = "P2MED_DEID_KEY"
@@ -55,24 +60,33 @@ _MONTH = (
     r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
 )
 _NAME_WORD = r"[A-Z][A-Za-z'’-]+"  # MacDonald, O'Neil, Smith-Jones
+# Word boundaries against Latin letters and digits only: a Chinese character next to an
+# identifier ("于2024-03-04", "患者Emma") is no part of it, though regular expressions
+# count it a word character.
+_LATIN = "0-9A-Za-z_\u00c0-\u024f"
+_START, _END = f"(?<![{_LATIN}])", f"(?![{_LATIN}])"
 IDENTIFYING_PATTERN = re.compile(
     "|".join(
         [
-            r"\b\d{4}-\d{2}-\d{2}\b",  # ISO dates
-            r"\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b",  # 03/04/2024, 03.04.2024
-            r"\b(?:19|20)\d{6}\b",  # DICOM dates, 20240304
-            rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}\b",  # 4 March 2024
-            rf"\b{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b",  # March 4, 2024
-            r"(?<!\w)(?:\+?\d{1,3}[ -])?\(?\d{3}\)?[ -]\d{3}-\d{4}\b",  # North American phone numbers
+            rf"{_START}\d{{4}}-\d{{2}}-\d{{2}}{_END}",  # ISO dates
+            rf"{_START}\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}{_END}",  # 03/04/2024, 03.04.2024
+            rf"{_START}(?:19|20)\d{{6}}{_END}",  # DICOM dates, 20240304
+            rf"{_START}\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}{_END}",  # 4 March 2024
+            rf"{_START}{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}{_END}",  # March 4, 2024
+            rf"{_START}(?:\+?\d{{1,3}}[ -])?\(?\d{{3}}\)?[ -]\d{{3}}-\d{{4}}{_END}",  # North American phones
             # international (+44 20 7946 0958) and with a national trunk prefix (020 7946 0958)
-            r"\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?\d{1,5}(?:[ .-]?\d{2,5}){1,4}\b",
-            r"\b0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b",
+            rf"\+\d{{1,3}}[ .-]?(?:\(0\)[ .-]?)?\d{{1,5}}(?:[ .-]?\d{{2,5}}){{1,4}}{_END}",
+            rf"{_START}0\d{{2,4}}[ -]\d{{3,4}}[ -]?\d{{3,4}}{_END}",
             r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",  # e-mail addresses
-            r"\b(?i:MRN|ACC|accession|record)(?i:\s*(?:no\.?|number|#))?\s*[:#]?\s*[A-Z]*\d{4,}[A-Z]?\b",
-            rf"\b(?:Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+{_NAME_WORD})?",  # physician names
+            rf"{_START}(?i:MRN|ACC|accession|record)(?i:\s*(?:no\.?|number|#))?\s*[:#]?\s*[A-Z]*\d{{4,}}[A-Z]?{_END}",
+            rf"{_START}(?:Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+{_NAME_WORD})?",  # physician names
+            *deid_zh.IDENTIFYING_PATTERNS,
         ]
     )
 )
+# Full-width forms (U+FF01-FF5E) and the ideographic space, read as ASCII: one character
+# for one, so what is found in the translation is where it is in the text.
+HALF_WIDTH = {0xFF01 + offset: 0x21 + offset for offset in range(94)} | {0x3000: 0x20}
 # Names that are also words of English clinical text ("may represent", "X-ray", "white
 # cell count", "lung fields", "fine crackles"): alone, they are scrubbed only as names
 # (see Scrubber). Names that are words but not of this text (Grace, Lily) are scrubbed
@@ -82,6 +96,8 @@ ORDINARY_WORDS = frozenset(
         (
             "may will mark frank max ray gene hope young long little white green gray grey brown",
             "fields clear free fine well small mass major early late bright",
+            # pinyin of Chinese family and given names that are English words
+            "he an man men fan pan ran tan ban can bin pin gang hang sang song wan sun ding lang",
         )
     ).split()
 )
@@ -144,8 +160,35 @@ def header_identifiers(ds: Dataset) -> set[str]:
 def name_spellings(name: str) -> set[str]:
     """A person's name as text may write it: 'Smith^Emma' or 'Dr. Emma Smith' give the
     whole name in either order (also 'Smith, Emma'), with the given name as an initial
-    ('E. Smith'), and the given and family names on their own."""
-    name = re.sub(r"^(?:Dr|Prof|Mr|Mrs|Ms|Miss|Mx)\.?\s+", "", name.strip())
+    ('E. Smith'), and the given and family names on their own. A name in Chinese
+    characters ('张伟', '张^伟', DICOM's 'Zhang^Wei=张^伟') gives its Chinese spellings
+    (`deid_zh.chinese_name_spellings`) and those of its pinyin."""
+    forms: set[str] = set()
+    for group in name.split("="):  # DICOM PN: alphabetic=ideographic=phonetic
+        group = re.sub(r"^(?:Dr|Prof|Mr|Mrs|Ms|Miss|Mx)\.?\s+", "", group.strip())
+        group = re.sub(r"\s*(?:副?主任医师|主治医师|住院医师|医师|医生|主任|教授)$", "", group)
+        if deid_zh.has_cjk(group):
+            forms |= _chinese_spellings(group)
+        elif group:
+            forms |= _latin_spellings(group)
+    return forms
+
+
+def _chinese_spellings(name: str) -> set[str]:
+    if "^" in name:
+        family, _, given = name.partition("^")
+        family, given = family.strip(), given.replace("^", "").strip()
+    else:
+        family, given = deid_zh.split_chinese_name(name)
+    forms = {name} | deid_zh.chinese_name_spellings(family, given)
+    for family_pinyin, given_pinyin in deid_zh.pinyin_names(family, given):
+        forms |= _latin_spellings(f"{family_pinyin}^{given_pinyin}")
+        for form in deid_zh.given_pinyin_forms(given):
+            forms |= {form, f"{family_pinyin} {form}", f"{form} {family_pinyin}"}
+    return forms
+
+
+def _latin_spellings(name: str) -> set[str]:
     if "^" in name:  # DICOM order is family^given^middle...
         family, _, rest = name.partition("^")
         given = [part for part in rest.split("^") if part.strip()]
@@ -163,34 +206,59 @@ def name_spellings(name: str) -> set[str]:
 
 
 def value_spellings(value: str) -> set[str]:
-    """An identifying value and, for addresses, its comma-separated parts."""
+    """An identifying value and, for addresses, its comma-separated parts (a Chinese
+    address: its province, city, district, street...)."""
     value = value.strip()
-    forms = {value, *(part.strip() for part in value.split(","))}
+    forms = {value, *(part.strip() for part in re.split(r"[,，、]", value))}
+    if deid_zh.has_cjk(value):
+        forms |= deid_zh.address_parts(value)
     return {f for f in forms if len(f) >= 2}
 
 
 class Scrubber:
-    """Replaces one patient's identifying values (whole words, any letter case) and every
-    identifying pattern in text by [REDACTED]. A value that is an ordinary word
-    (`ORDINARY_WORDS`) is replaced only as a name: capitalised after a title or a relation.
-    Build once per patient: the values compile into one regular expression, longest first,
-    so 'Emma Smith' goes before 'Emma' can match."""
+    """Replaces one patient's identifying values (whole words, any letter case; in Chinese
+    characters, wherever they stand) and every identifying pattern in text by [REDACTED]. A
+    value that is an ordinary word (`ORDINARY_WORDS`) is replaced only as a name:
+    capitalised after a title or a relation. Build once per patient: the values compile
+    into one regular expression, longest first, so 'Emma Smith' goes before 'Emma' can
+    match."""
 
     def __init__(self, identifiers: Iterable[str]) -> None:
-        values = sorted({v for v in identifiers if v}, key=len, reverse=True)
+        values = sorted({v.translate(HALF_WIDTH) for v in identifiers if v}, key=len, reverse=True)
         words = [v for v in values if v.lower() in ORDINARY_WORDS]
-        others = [v for v in values if v.lower() not in ORDINARY_WORDS]
+        chinese = [v for v in values if deid_zh.has_cjk(v)]
+        others = [v for v in values if v.lower() not in ORDINARY_WORDS and not deid_zh.has_cjk(v)]
         parts = []
+        if chinese:  # no spaces between words: wherever it stands
+            parts.append(f"(?i:{'|'.join(map(re.escape, chinese))})")
         if others:
-            parts.append(rf"(?i:(?<!\w)(?:{'|'.join(map(re.escape, others))})(?!\w))")
+            parts.append(rf"(?i:{_START}(?:{'|'.join(map(re.escape, others))}){_END})")
         if words:
             names = "|".join(re.escape(w[:1].upper() + w[1:]) for w in words)
-            parts.append(rf"(?P<cue>\b(?i:{_NAME_CUE}))(?:{names})(?!\w)")
+            parts.append(rf"(?P<cue>{_START}(?i:{_NAME_CUE}))(?:{names}){_END}")
         self._values = re.compile("|".join(parts)) if parts else None
 
     def __call__(self, text: str) -> str:
-        # patterns first: a name inside an e-mail address would otherwise break its pattern
-        text = IDENTIFYING_PATTERN.sub(REDACTED, text)
+        view = text.translate(HALF_WIDTH)
+        found = [match.span() for match in IDENTIFYING_PATTERN.finditer(view)]
         if self._values is not None:
-            text = self._values.sub(lambda found: (found.groupdict().get("cue") or "") + REDACTED, text)
-        return text
+            # a name inside an e-mail address, a date inside a name's span...: spans merge
+            for match in self._values.finditer(view):
+                cue = match.groupdict().get("cue")  # kept: "mother [REDACTED]"
+                found.append((match.end("cue") if cue else match.start(), match.end()))
+        pieces, done = [], 0
+        for start, end in _merged(found):
+            pieces += [text[done:start], REDACTED]
+            done = end
+        return "".join(pieces) + text[done:]
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching spans joined, in order."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

@@ -13,6 +13,7 @@ from p2med.platform.data.deid import (
     header_identifiers,
     name_spellings,
     resolve_key,
+    value_spellings,
 )
 from p2med.platform.errors import P2MedError
 
@@ -95,3 +96,74 @@ def test_names_are_scrubbed_in_any_case_and_order_and_ordinary_words_only_as_nam
 def test_identifier_formats_are_scrubbed_by_pattern(identifier):
     clean = Scrubber([])(f"Seen on {identifier} for cough; WBC 12.3, T 38.5 C, SpO2 92%, 2 x 3 cm.")
     assert clean == "Seen on [REDACTED] for cough; WBC 12.3, T 38.5 C, SpO2 92%, 2 x 3 cm.", clean
+
+
+def test_chinese_identifiers_are_scrubbed_between_characters():
+    scrub = Scrubber(name_spellings("张伟") | {"13812345678"})
+    assert (
+        scrub("患儿张伟，2024年3月4日就诊，电话13812345678。")
+        == "患儿[REDACTED]，[REDACTED]就诊，电话[REDACTED]。"
+    )
+
+
+def test_chinese_names_in_every_spelling():
+    names = (
+        name_spellings("Zhang^Xiaoming=张^晓明")
+        | name_spellings("李秀英")
+        | name_spellings("欧阳建国 主任医师")
+    )
+    scrub = Scrubber(names)
+    text = (
+        "患儿晓明由母亲李秀英陪同；张晓明、张 晓明。Zhang Xiaoming (ZHANG XIAOMING, Xiao Ming, Xiao-ming, "
+        "X. Zhang) was seen. 欧阳主任查房，欧阳建国医师签字。张医生。Shan Wei is another child."
+    )
+    clean = scrub(text)
+    for leaked in ("晓明", "秀英", "李秀", "欧阳", "建国", "Zhang", "ZHANG", "Xiao", "张医生"):
+        assert leaked not in clean, (leaked, clean)
+    assert "Shan Wei is another child" in clean
+    assert {"Zhang Xiaoming", "Xiaoming Zhang", "Ouyang Jianguo"} <= names  # pinyin of the characters
+
+
+def test_a_single_character_family_name_is_scrubbed_only_as_a_name():
+    scrub = Scrubber(name_spellings("张伟") | name_spellings("He^Jing=何^静"))
+    text = "张医生：支气管扩张，张力性气胸。He was admitted with an opacity; Dr He saw him; 何静."
+    assert scrub(text) == (
+        "[REDACTED]：支气管扩张，张力性气胸。He was admitted with an opacity; [REDACTED] saw him; [REDACTED]."
+    )
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "2024年3月4日",
+        "2024 年 03 月 04 日",
+        "二〇二四年三月四日",
+        "3月4日",
+        "2024.3.4",
+        "2024/03/04",
+        "20240304",
+        "110101201503041234",
+        "11010120150304123X",
+        "110101 20150304 1234",
+        "１１０１０１２０１５０３０４１２３４",  # full-width digits
+        "13812345678",
+        "+86 138 1234 5678",
+        "１３８－１２３４－５６７８",
+        "010-12345678",
+        "（0755）87654321",
+        "门诊号：MZ20240301",
+        "住院号 ZY123456",
+        "文三路123号5栋2单元301室",
+    ],
+)
+def test_chinese_identifier_formats_are_scrubbed_by_pattern(identifier):
+    clean = Scrubber([])(f"患儿于{identifier}因咳嗽就诊，体温38.5℃，WBC 12.3×10^9/L，右下肺2×3cm片影。")
+    assert clean == "患儿于[REDACTED]因咳嗽就诊，体温38.5℃，WBC 12.3×10^9/L，右下肺2×3cm片影。", clean
+
+
+def test_a_chinese_address_is_scrubbed_whole_and_in_parts():
+    scrub = Scrubber(value_spellings("浙江省杭州市西湖区文三路123号"))
+    assert (
+        scrub("住址：浙江省杭州市西湖区文三路123号。来自杭州市，西湖区人。")
+        == "住址：[REDACTED]。来自[REDACTED]，[REDACTED]人。"
+    )

@@ -3,6 +3,7 @@ identifying data present (for ingest to remove), safe reruns, S3 output."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.data.synth.anatomy import LOBE_BANDS, lobe_mask_2d
 from p2med.platform.data.synth.ct import lobe_mask_3d, lung_masks, volume_grid
 from p2med.platform.data.synth.dicom import uid
+from p2med.platform.data.synth.identity_zh import chinese_identity, resident_id
 from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_layout
 from p2med.platform.data.synth.xray import image_grid
 from p2med.platform.data.vocabulary import LOBES
@@ -301,3 +303,10 @@ def test_generates_into_s3(bucket, s3_storage):
     assert sum(s["files"] for s in manifest["studies"]) == len([f for f in files if f.endswith(".dcm")])
     with out.join(manifest["studies"][0]["path"]).open("rb") as f:
         assert pydicom.dcmread(f).PatientID
+
+
+def test_chinese_identities_carry_valid_resident_id_numbers():
+    assert resident_id("110105", dt.date(1949, 12, 31), 2) == "11010519491231002X"  # a published example
+    ident = chinese_identity(np.random.default_rng(3), "F", dt.date(2021, 5, 6), 41)
+    assert ident.resident_id[6:14] == "20210506" and int(ident.resident_id[16]) % 2 == 0  # even: a girl
+    assert ident.name.startswith(ident.family_name) and ident.outpatient_number.endswith("41")
