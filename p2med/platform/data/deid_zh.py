@@ -15,7 +15,8 @@ import re
 
 from pypinyin import Style, pinyin
 
-CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+from p2med.platform.data.language import CJK
+
 HAS_CJK = re.compile(f"[{CJK}]")
 _COMPOUND_FAMILY_NAMES = """
     欧阳 司马 诸葛 上官 东方 皇甫 尉迟 公孙 慕容 司徒 夏侯 令狐 宇文 长孙 端木

@@ -11,12 +11,10 @@ from collections.abc import Iterable, Mapping
 from statistics import fmean
 from typing import Any
 
-import sacrebleu
-from rouge_score import rouge_scorer
-
 from p2med.platform.data.extract import ClinicalExtractor
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import DIAGNOSES
+from p2med.platform.eval.overlap import corpus_bleu, rouge_l, sentence_bleu
 
 # The clinical scores each task's target carries; ROUGE-L and BLEU-4 apply to every task.
 TASK_SCORES: dict[str, frozenset[str]] = {
@@ -29,9 +27,6 @@ TASK_SCORES: dict[str, frozenset[str]] = {
 }
 NO_DIAGNOSIS = "none"  # confusion-matrix column for a prediction that states no diagnosis
 
-# rougeL (not rougeLsum) never calls nltk's sentence splitter, so no nltk data is needed.
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"])
-
 
 def score_sample(task: str, prediction: str, reference: str, extractor: ClinicalExtractor) -> dict[str, Any]:
     """JSON-ready scores of one prediction. A blank prediction (a failed sample) earns no
@@ -40,8 +35,8 @@ def score_sample(task: str, prediction: str, reference: str, extractor: Clinical
         raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(TASKS)}")
     blank = not prediction.strip()
     scores: dict[str, Any] = {
-        "rouge_l": float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure),
-        "bleu4": _unit(sacrebleu.sentence_bleu(prediction, [reference]).score),
+        "rouge_l": rouge_l(prediction, reference),
+        "bleu4": sentence_bleu(prediction, reference),
     }
     if "findings" in TASK_SCORES[task]:
         tp, fp, fn = _counts(extractor.findings(prediction), extractor.findings(reference))
@@ -107,13 +102,7 @@ def _corpus_bleu(samples: list[Mapping[str, Any]]) -> float | None:
     if not samples:
         return None
     predictions = [sample["prediction"] for sample in samples]
-    references = [sample["reference"] for sample in samples]
-    return _unit(sacrebleu.corpus_bleu(predictions, [references]).score)
-
-
-def _unit(bleu: float) -> float:
-    """sacrebleu's 0..100 score on 0..1; its float error can put a perfect match just above 100."""
-    return min(bleu / 100, 1.0)
+    return corpus_bleu(predictions, [sample["reference"] for sample in samples])
 
 
 def _diagnoses(samples: list[Mapping[str, Any]]) -> list[tuple[str, str | None]]:

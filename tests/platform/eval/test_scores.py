@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from p2med.platform.data.extract import TREATMENT_ITEMS, VocabularyExtractor
+from p2med.platform.data.language import text_language
 from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record, treatment_plan
 from p2med.platform.data.synth.reports import CT_SENTENCES, XRAY_SENTENCES, findings_text, impression_text
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.data.vocabulary import DIAGNOSES, LOBE_PHRASES, LOBES, Finding, lobe_side
+from p2med.platform.eval.overlap import corpus_bleu, rouge_l
 from p2med.platform.eval.scores import TASK_SCORES, score_sample, summarize
 
 EXTRACT = VocabularyExtractor()
@@ -323,3 +325,23 @@ def test_summarize_of_perfect_predictions() -> None:
         "treatment_agreement",
     ):
         assert overall[key] == pytest.approx(1.0), key
+
+
+ZH_REFERENCE = "右下肺野见斑片状密度增高影，考虑右下肺炎。WBC 15.6×10^9/L。"
+
+
+def test_chinese_text_is_scored_by_character() -> None:
+    assert text_language(ZH_REFERENCE) == "zh" and text_language(REPORT) == "en"
+    same = score_sample("xray_report", ZH_REFERENCE, ZH_REFERENCE, EXTRACT)
+    assert same["rouge_l"] == pytest.approx(1.0) and same["bleu4"] == pytest.approx(1.0)
+    shorter = "右下肺野见斑片影，考虑肺炎。WBC 15.6×10^9/L。"
+    close = score_sample("xray_report", shorter, ZH_REFERENCE, EXTRACT)
+    assert 0.5 < close["rouge_l"] < 1 and 0 < close["bleu4"] < 1  # rouge-score's own tokenizer: 0
+    assert rouge_l("完全不同的句子", ZH_REFERENCE) < 0.2
+
+
+def test_a_corpus_bleu_tokenizes_each_pair_in_its_own_language() -> None:
+    pairs = [(ZH_REFERENCE, ZH_REFERENCE), (REPORT, REPORT)]
+    assert corpus_bleu(*zip(*pairs, strict=True)) == pytest.approx(1.0)
+    chinese = "右下肺野见斑片状密度增高影，考虑右下肺炎。"
+    assert corpus_bleu([" ".join(chinese)], [chinese]) == pytest.approx(1.0)  # by character either way
