@@ -202,8 +202,8 @@ def _ingest(
     if not raw.exists():
         raise P2MedError(f"raw store {raw.uri} does not exist")
     paths = dicom_paths(raw)
-    reports, bad_reports = read_jsonl(raw, REPORTS_FILE)
-    records, bad_records = read_jsonl(raw, RECORDS_FILE)
+    reports, bad_reports = read_jsonl(raw, REPORTS_FILE, config.text_encodings)
+    records, bad_records = read_jsonl(raw, RECORDS_FILE, config.text_encodings)
     if not paths and not records:
         raise P2MedError(f"raw store {raw.uri} holds no DICOM files (*.dcm) and no {RECORDS_FILE}")
     ensure_ray()  # after the checks above: a bad input should not wait for Ray to start

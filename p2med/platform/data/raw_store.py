@@ -4,11 +4,15 @@ The raw store is what a hospital drops into object storage: DICOM files anywhere
 it (`*.dcm`), `reports.jsonl` (one radiology report per study) and `records.jsonl`
 (outpatient and inpatient records). Everything read here is identifying; it stays in
 memory and only de-identified values leave the ingest.
+
+A JSONL line is read in the first of `TEXT_ENCODINGS` that decodes it: exports from
+Chinese hospital systems mix UTF-8 with GBK lines (GB18030 reads GBK and GB2312).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -19,6 +23,7 @@ from p2med.platform.storage import Location
 
 REPORTS_FILE = "reports.jsonl"
 RECORDS_FILE = "records.jsonl"
+TEXT_ENCODINGS = ("utf-8", "gb18030")
 
 
 @dataclass(frozen=True)
@@ -77,14 +82,22 @@ def parse_dicom_age(value: str) -> float | None:
     return round(int(value[:3]) * units[value[3]], 2)
 
 
-def read_jsonl(raw: Location, name: str) -> tuple[list[dict], list[Quarantined]]:
-    """The rows of a JSONL file (absent: none), and its malformed lines as quarantined
-    inputs named `file:line`."""
+def read_jsonl(
+    raw: Location, name: str, encodings: Sequence[str] = TEXT_ENCODINGS
+) -> tuple[list[dict], list[Quarantined]]:
+    """The rows of a JSONL file (absent: none), each line decoded by the first of
+    `encodings` that reads it, and its malformed lines as quarantined inputs named
+    `file:line`."""
     loc = raw.join(name)
     if not loc.exists():
         return [], []
     rows, bad = [], []
-    for number, line in enumerate(loc.read_text().splitlines(), start=1):
+    for number, data in enumerate(loc.read_bytes().splitlines(), start=1):
+        line = _decoded(data, encodings)
+        if line is None:
+            detail = f"a line that is not text in {' or '.join(encodings)}"
+            bad.append(Quarantined(f"{name}:{number}", Reason.MALFORMED_JSONL, detail))
+            continue
         if not line.strip():
             continue
         try:
@@ -99,3 +112,13 @@ def read_jsonl(raw: Location, name: str) -> tuple[list[dict], list[Quarantined]]
             continue
         rows.append(row)
     return rows, bad
+
+
+def _decoded(data: bytes, encodings: Sequence[str]) -> str | None:
+    """The line's text in the first encoding that reads it, a byte-order mark dropped."""
+    for encoding in encodings:
+        try:
+            return data.decode(encoding).removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            continue
+    return None
