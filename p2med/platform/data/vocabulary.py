@@ -32,6 +32,15 @@ DIAGNOSIS_NAMES: dict[str, str] = {
     "bronchiolitis": "acute bronchiolitis",
 }
 
+# As a Chinese report states them (诊断：...).
+DIAGNOSIS_NAMES_ZH: dict[str, str] = {
+    "normal": "未见急性心肺病变",
+    "bacterial_pneumonia": "社区获得性细菌性肺炎",
+    "viral_pneumonia": "病毒性肺炎",
+    "mycoplasma_pneumonia": "肺炎支原体肺炎",
+    "bronchiolitis": "急性毛细支气管炎",
+}
+
 FindingType = Literal[
     "consolidation",
     "patchy_opacity",
@@ -56,6 +65,14 @@ FINDING_PHRASES: dict[str, str] = {
     "hyperinflation": "hyperinflation",
 }
 
+FINDING_PHRASES_ZH: dict[str, str] = {
+    "consolidation": "实变影",
+    "patchy_opacity": "斑片状影",
+    "interstitial_opacity": "间质性改变",
+    "pleural_effusion": "胸腔积液",
+    "hyperinflation": "过度充气",
+}
+
 Lobe = Literal["right_upper", "right_middle", "right_lower", "left_upper", "left_lower"]
 LOBES: tuple[Lobe, ...] = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
 LOBE_PHRASES: dict[str, str] = {
@@ -64,6 +81,14 @@ LOBE_PHRASES: dict[str, str] = {
     "right_lower": "right lower lobe",
     "left_upper": "left upper lobe",
     "left_lower": "left lower lobe",
+}
+
+LOBE_PHRASES_ZH: dict[str, str] = {
+    "right_upper": "右肺上叶",
+    "right_middle": "右肺中叶",
+    "right_lower": "右肺下叶",
+    "left_upper": "左肺上叶",
+    "left_lower": "左肺下叶",
 }
 
 Side = Literal["left", "right", "bilateral"]
@@ -95,6 +120,15 @@ class Finding:
         if self.side == "bilateral":
             return f"bilateral {what}"
         return f"{self.side} {what}"
+
+    def phrase_zh(self) -> str:
+        """How a Chinese report names it, e.g. '右肺下叶实变影', '双肺间质性改变', '左侧胸腔积液'."""
+        what = FINDING_PHRASES_ZH[self.type]
+        if self.lobe is not None:
+            return LOBE_PHRASES_ZH[self.lobe] + what
+        if self.type == "pleural_effusion":
+            return {"left": "左侧", "right": "右侧", "bilateral": "双侧"}[self.side] + what
+        return "双肺" + what
 
 
 # Every finding a report can state: the label space of stage 2's finding head, in a fixed

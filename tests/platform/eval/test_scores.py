@@ -15,7 +15,7 @@ from p2med.platform.data.synth.cases import Case, make_case
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record, treatment_plan
 from p2med.platform.data.synth.reports import CT_SENTENCES, XRAY_SENTENCES, findings_text, impression_text
 from p2med.platform.data.tasks import TASKS
-from p2med.platform.data.vocabulary import DIAGNOSES, LOBE_PHRASES, LOBES, Finding, lobe_side
+from p2med.platform.data.vocabulary import DIAGNOSES, FINDING_LABELS, LOBE_PHRASES, LOBES, Finding, lobe_side
 from p2med.platform.eval.overlap import corpus_bleu, rouge_l
 from p2med.platform.eval.scores import TASK_SCORES, score_sample, summarize
 
@@ -345,3 +345,44 @@ def test_a_corpus_bleu_tokenizes_each_pair_in_its_own_language() -> None:
     assert corpus_bleu(*zip(*pairs, strict=True)) == pytest.approx(1.0)
     chinese = "右下肺野见斑片状密度增高影，考虑右下肺炎。"
     assert corpus_bleu([" ".join(chinese)], [chinese]) == pytest.approx(1.0)  # by character either way
+
+
+@pytest.mark.parametrize("finding", FINDING_LABELS, ids=str)
+def test_every_chinese_finding_phrase_maps_to_its_finding(finding: Finding) -> None:
+    assert EXTRACT.findings(f"胸部正位片：见{finding.phrase_zh()}，心影不大。") == {finding}
+
+
+def test_chinese_findings_negation_and_lobes_as_reports_write_them() -> None:
+    report = "右下肺见斑片状密度增高影及实变，左侧少量胸腔积液；双肺未见间质性改变，未见过度充气。"
+    assert EXTRACT.findings(report) == {
+        Finding("patchy_opacity", "right", "right_lower"),
+        Finding("consolidation", "right", "right_lower"),
+        Finding("pleural_effusion", "left"),
+    }
+    assert EXTRACT.findings("双肺纹理清晰，未见实变及斑片状影。复查右肺上叶病灶已吸收。") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("text", "diagnosis"),
+    [
+        ("初步诊断：肺炎支原体肺炎。", "mycoplasma_pneumonia"),
+        ("出院诊断：社区获得性细菌性肺炎", "bacterial_pneumonia"),
+        ("诊断：急性毛细支气管炎", "bronchiolitis"),
+        ("诊断：病毒性肺炎，不除外细菌性肺炎", "viral_pneumonia"),
+        ("诊断：未见急性心肺病变", "normal"),
+        ("现病史：咳嗽3天。", None),
+    ],
+)
+def test_chinese_diagnosis_lines(text: str, diagnosis: str | None) -> None:
+    assert EXTRACT.diagnosis(text) == diagnosis
+
+
+def test_chinese_plan_items() -> None:
+    plan = (
+        "处理：阿莫西林克拉维酸钾口服，对乙酰氨基酚退热；吸氧，静脉补液，经皮血氧监测，收入院。"
+        "无需其他抗生素，暂不使用支气管扩张剂。3天后复诊，如病情加重及时就诊。"
+    )
+    assert EXTRACT.treatments(plan) == {
+        "amoxicillin", "paracetamol", "oxygen", "iv_fluids", "pulse_oximetry", "admission",
+        "no_antibiotics", "no_bronchodilators", "follow_up", "return_advice",
+    }  # fmt: skip
