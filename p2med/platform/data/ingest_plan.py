@@ -189,7 +189,7 @@ def record_identifiers(record: dict) -> set[str]:
     values: set[str] = set()
     for key in ("patient_name", "physician", "guardian", "guardian_name", "next_of_kin"):
         values |= name_spellings(str(record.get(key, "")))
-    for key in ("patient_id", "address", "phone", "institution", "birth_date", "record_id"):
+    for key in ("patient_id", "resident_id", "address", "phone", "institution", "birth_date", "record_id"):
         values |= value_spellings(str(record.get(key, "")))
     for accession in record.get("accession_numbers") or []:
         values |= value_spellings(str(accession))

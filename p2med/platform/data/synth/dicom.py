@@ -23,7 +23,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from p2med.platform.data.deid_zh import pinyin_names, split_chinese_name
 from p2med.platform.data.synth.cases import Case
+from p2med.platform.data.synth.identity_zh import ChineseIdentity
 
 MANUFACTURER = "P2Med Synthetic"
 PRIVATE_CREATOR = "P2MED SYNTH 1.0"
@@ -52,32 +54,82 @@ def _person_name(full_name: str) -> str:
     return f"{family}^{given}"
 
 
-def _patient_and_study(case: Case, study_uid: str, accession: str, time: str) -> Dataset:
+@dataclass(frozen=True)
+class HeaderIdentity:
+    """Who and where a study's header names; person names in DICOM PN form."""
+
+    patient_name: str
+    patient_id: str
+    guardian: str
+    referring_physician: str
+    operator: str
+    address: str
+    institution: str
+    institution_address: str
+
+
+def header_identity(case: Case, chinese: ChineseIdentity | None = None) -> HeaderIdentity:
+    """The case's English identity, or its Chinese one as a Chinese hospital's PACS writes
+    it: names in pinyin and in characters (`Zhang^Xiaoming=张^晓明`), the outpatient number
+    as the patient ID."""
     ident = case.identity
+    if chinese is None:
+        return HeaderIdentity(
+            patient_name=f"{ident.family_name}^{ident.given_name}",
+            patient_id=ident.mrn,
+            guardian=_person_name(ident.guardian_name),
+            referring_physician=_person_name(ident.referring_physician),
+            operator=_person_name(ident.attending),
+            address=ident.address,
+            institution=ident.institution,
+            institution_address=ident.institution_address,
+        )
+    return HeaderIdentity(
+        patient_name=_chinese_person_name(chinese.name),
+        patient_id=chinese.outpatient_number,
+        guardian=_chinese_person_name(chinese.mother),
+        referring_physician=_chinese_person_name(chinese.physician),
+        operator=_chinese_person_name(chinese.radiologist),
+        address=chinese.address,
+        institution=chinese.hospital,
+        institution_address=chinese.address.split(chinese.city)[0] + chinese.city,
+    )
+
+
+def _chinese_person_name(name: str) -> str:
+    """'张晓明' -> 'Zhang^Xiaoming=张^晓明': the alphabetic and ideographic PN groups."""
+    family, given = split_chinese_name(name)
+    (family_pinyin, given_pinyin), *_ = pinyin_names(family, given)
+    return f"{family_pinyin}^{given_pinyin}={family}^{given}"
+
+
+def _patient_and_study(case: Case, who: HeaderIdentity, study_uid: str, accession: str, time: str) -> Dataset:
     ds = Dataset()
-    ds.PatientName = f"{ident.family_name}^{ident.given_name}"
-    ds.PatientID = ident.mrn
-    ds.PatientBirthDate = _date(ident.birth_date)
+    if not (who.patient_name + who.address + who.institution).isascii():
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    ds.PatientName = who.patient_name
+    ds.PatientID = who.patient_id
+    ds.PatientBirthDate = _date(case.identity.birth_date)
     ds.PatientSex = case.sex
     ds.PatientAge = _age_string(case.age_days)
     ds.PatientWeight = f"{case.weight_kg:.1f}"
-    ds.PatientAddress = ident.address
-    ds.ResponsiblePerson = _person_name(ident.guardian_name)
+    ds.PatientAddress = who.address
+    ds.ResponsiblePerson = who.guardian
     ds.ResponsiblePersonRole = "PARENT"
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _date(case.visit_date)
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
     ds.AccessionNumber = accession
     ds.StudyID = accession[-6:]
-    ds.ReferringPhysicianName = _person_name(ident.referring_physician)
-    ds.InstitutionName = ident.institution
-    ds.InstitutionAddress = ident.institution_address
-    ds.OperatorsName = _person_name(ident.attending)
+    ds.ReferringPhysicianName = who.referring_physician
+    ds.InstitutionName = who.institution
+    ds.InstitutionAddress = who.institution_address
+    ds.OperatorsName = who.operator
     ds.Manufacturer = MANUFACTURER
     ds.BodyPartExamined = "CHEST"
-    # A private block, as vendors add: it repeats the MRN, so ingest must drop private tags.
+    # A private block, as vendors add: it repeats the patient ID, so ingest must drop private tags.
     block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
-    block.add_new(0x10, "LO", ident.mrn)
+    block.add_new(0x10, "LO", who.patient_id)
     return ds
 
 
@@ -115,12 +167,18 @@ class XrayFile:
 
 
 def xray_file(
-    case: Case, dataset_key: str, pixels: np.ndarray, pixel_spacing_mm: float, modality: str
+    case: Case,
+    dataset_key: str,
+    pixels: np.ndarray,
+    pixel_spacing_mm: float,
+    modality: str,
+    who: HeaderIdentity | None = None,
 ) -> XrayFile:
-    """A frontal chest radiograph. `pixels`: (rows, cols) uint16, 12 bits stored."""
+    """A frontal chest radiograph. `pixels`: (rows, cols) uint16, 12 bits stored. `who`:
+    the identity its header names (default: the case's English one)."""
     study_uid = uid(dataset_key, case.index, "xray-study")
     time = f"{8 + case.index % 10:02d}{case.index * 7 % 60:02d}00"
-    ds = _patient_and_study(case, study_uid, case.identity.accession_xray, time)
+    ds = _patient_and_study(case, who or header_identity(case), study_uid, case.identity.accession_xray, time)
     ds.SOPInstanceUID = uid(dataset_key, case.index, "xray-image")
     ds.SeriesInstanceUID = uid(dataset_key, case.index, "xray-series")
     ds.Modality = modality
@@ -165,15 +223,21 @@ class CtSeries:
 
 
 def ct_series(
-    case: Case, dataset_key: str, volume_hu: np.ndarray, pixel_spacing_mm: float, slice_thickness_mm: float
+    case: Case,
+    dataset_key: str,
+    volume_hu: np.ndarray,
+    pixel_spacing_mm: float,
+    slice_thickness_mm: float,
+    who: HeaderIdentity | None = None,
 ) -> CtSeries:
     """One axial CT series, a file per slice. `volume_hu`: (slices, rows, cols) in HU,
-    slice 0 inferior. Stored values are HU + 1024 (RescaleIntercept -1024)."""
+    slice 0 inferior. Stored values are HU + 1024 (RescaleIntercept -1024). `who`: the
+    identity its headers name (default: the case's English one)."""
     slices, rows, cols = volume_hu.shape
     study_uid = uid(dataset_key, case.index, "ct-study")
     series_uid = uid(dataset_key, case.index, "ct-series")
     time = f"{9 + case.index % 9:02d}{case.index * 11 % 60:02d}00"
-    ds = _patient_and_study(case, study_uid, case.identity.accession_ct, time)
+    ds = _patient_and_study(case, who or header_identity(case), study_uid, case.identity.accession_ct, time)
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = uid(dataset_key, case.index, "ct-frame")
     ds.PositionReferenceIndicator = ""

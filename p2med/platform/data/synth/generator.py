@@ -26,12 +26,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from p2med.platform.data.synth.cases import Case
 from p2med.platform.data.synth.ct import render_ct
-from p2med.platform.data.synth.dicom import ct_series, xray_file
+from p2med.platform.data.synth.dicom import ct_series, header_identity, xray_file
 from p2med.platform.data.synth.faults import make_faults
-from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_layout
+from p2med.platform.data.synth.identity_zh import ChineseIdentity
+from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_identity_zh, patient_layout
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record
+from p2med.platform.data.synth.records_zh import inpatient_record_zh, outpatient_record_zh
 from p2med.platform.data.synth.reports import report_record
+from p2med.platform.data.synth.reports_zh import report_record_zh
 from p2med.platform.data.synth.settings import SynthSettings
 from p2med.platform.data.synth.xray import render_xray
 from p2med.platform.errors import P2MedError
@@ -92,27 +96,48 @@ def render_patient(config: SynthSettings, index: int, out: Location) -> PatientO
     # Field of view grows with the child: ~22 cm for an infant, ~40 cm for a teenager.
     fov_mm = 220 + 13 * min(case.age_years, 14)
     key = dataset_key(config)
+    chinese = patient_identity_zh(config, case) if config.language == "zh" else None
+    who = header_identity(case, chinese)
     pixels = render_xray(layout, case.findings, (rows, cols), rng)
-    xray = xray_file(case, key, pixels, fov_mm / rows, "DX" if rng.random() < 0.5 else "CR")
+    xray = xray_file(case, key, pixels, fov_mm / rows, "DX" if rng.random() < 0.5 else "CR", who)
     xray_path = f"dicom/xray/{xray.sop_instance_uid}.dcm"
     out.join(xray_path).write_bytes(xray.data)
     studies = [{"modality": xray.modality, "path": xray_path, "files": 1, "bytes": len(xray.data)}]
-    reports = [report_record(case, config.seed, xray.modality, xray.study_instance_uid)]
+    reports = [_report(config, case, chinese, xray.modality, xray.study_instance_uid)]
     ct_slices = 0
     if case.has_ct:
         ct_rng = np.random.default_rng([config.seed, index, 5])
         volume = render_ct(layout, case.findings, config.ct_slices, config.ct_size, ct_rng)
         chest_mm = 110 + 9 * min(case.age_years, 14)  # lung apex to base plus margins
-        series = ct_series(case, key, volume, 0.75 * fov_mm / config.ct_size, chest_mm / config.ct_slices)
+        spacing = (0.75 * fov_mm / config.ct_size, chest_mm / config.ct_slices)
+        series = ct_series(case, key, volume, *spacing, who)
         folder = f"dicom/ct/{series.series_instance_uid}"
         for sop_uid, data in series.files:
             out.join(f"{folder}/{sop_uid}.dcm").write_bytes(data)
         size = sum(len(d) for _, d in series.files)
         studies.append({"modality": "CT", "path": folder + "/", "files": len(series.files), "bytes": size})
-        reports.append(report_record(case, config.seed, "CT", series.study_instance_uid))
+        reports.append(_report(config, case, chinese, "CT", series.study_instance_uid))
         ct_slices = len(series.files)
-    records = [outpatient_record(case)] + ([inpatient_record(case)] if case.admitted else [])
+    records = _records(case, chinese)
     return PatientOutput(index, case.diagnosis, case.admitted, reports, records, studies, ct_slices)
+
+
+def _report(
+    config: SynthSettings, case: Case, chinese: ChineseIdentity | None, modality: str, study: str
+) -> dict:
+    if chinese is None:
+        return report_record(case, config.seed, modality, study)
+    accession = case.identity.accession_ct if modality == "CT" else case.identity.accession_xray
+    return report_record_zh(case, chinese, config.seed, modality, study, accession)
+
+
+def _records(case: Case, chinese: ChineseIdentity | None) -> list[dict]:
+    """The outpatient record, and the inpatient one of an admitted case."""
+    if chinese is None:
+        return [outpatient_record(case)] + ([inpatient_record(case)] if case.admitted else [])
+    accessions = [case.identity.accession_xray] + ([case.identity.accession_ct] if case.has_ct else [])
+    records = [outpatient_record_zh(case, chinese, accessions)]
+    return records + ([inpatient_record_zh(case, chinese, accessions)] if case.admitted else [])
 
 
 def _render_range(

@@ -12,6 +12,7 @@ import numpy as np
 
 from p2med.platform.data.synth.anatomy import ChestLayout, sample_layout
 from p2med.platform.data.synth.cases import Case, make_case
+from p2med.platform.data.synth.identity_zh import ChineseIdentity, chinese_identity
 from p2med.platform.data.synth.settings import SynthSettings
 
 
@@ -30,3 +31,9 @@ def patient_layout(config: SynthSettings, case: Case) -> ChestLayout:
     """The chest geometry shared by the patient's X-ray and CT."""
     hyper = any(f.type == "hyperinflation" for f in case.findings)
     return sample_layout(np.random.default_rng([config.seed, case.index, 4]), hyper)
+
+
+def patient_identity_zh(config: SynthSettings, case: Case) -> ChineseIdentity:
+    """The patient's Chinese identity (language zh), born on the same day as its English one."""
+    rng = np.random.default_rng([config.seed, case.index, 7])
+    return chinese_identity(rng, case.sex, case.identity.birth_date, case.index)

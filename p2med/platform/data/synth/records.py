@@ -15,11 +15,11 @@ from p2med.platform.data.synth.reports import impression_text
 from p2med.platform.data.vocabulary import DIAGNOSIS_NAMES
 
 
-def _dose(case: Case, mg_per_kg: float, max_mg: float) -> int:
+def dose(case: Case, mg_per_kg: float, max_mg: float) -> int:
     return int(min(round(case.weight_kg * mg_per_kg), max_mg))
 
 
-def _oseltamivir_mg(weight_kg: float) -> int:
+def oseltamivir_mg(weight_kg: float) -> int:
     for limit, mg in ((15, 30), (23, 45), (40, 60)):
         if weight_kg <= limit:
             return mg
@@ -29,30 +29,30 @@ def _oseltamivir_mg(weight_kg: float) -> int:
 def treatment_plan(case: Case, inpatient: bool) -> str:
     """The plan a pediatrician would write for this case."""
     d, plan = case.diagnosis, []
-    fever = f"Paracetamol {_dose(case, 15, 1000)} mg every 6 hours as needed for fever."
+    fever = f"Paracetamol {dose(case, 15, 1000)} mg every 6 hours as needed for fever."
     if d == "bacterial_pneumonia":
         if inpatient:
             plan.append(
-                f"IV clindamycin {_dose(case, 10, 600)} mg every 8 hours (penicillin allergy)."
+                f"IV clindamycin {dose(case, 10, 600)} mg every 8 hours (penicillin allergy)."
                 if case.penicillin_allergy
-                else f"IV ceftriaxone {_dose(case, 50, 2000)} mg once daily, "
+                else f"IV ceftriaxone {dose(case, 50, 2000)} mg once daily, "
                 "then oral step-down when afebrile."
             )
         else:
             plan.append(
-                f"Oral cefuroxime {_dose(case, 15, 500)} mg twice daily for 5 days (penicillin allergy)."
+                f"Oral cefuroxime {dose(case, 15, 500)} mg twice daily for 5 days (penicillin allergy)."
                 if case.penicillin_allergy
-                else f"Oral amoxicillin {_dose(case, 45, 1000)} mg twice daily for 5 days."
+                else f"Oral amoxicillin {dose(case, 45, 1000)} mg twice daily for 5 days."
             )
     elif d == "mycoplasma_pneumonia":
         plan.append(
-            f"Azithromycin {_dose(case, 10, 500)} mg on day 1, "
-            f"then {_dose(case, 5, 250)} mg daily on days 2 to 5."
+            f"Azithromycin {dose(case, 10, 500)} mg on day 1, "
+            f"then {dose(case, 5, 250)} mg daily on days 2 to 5."
         )
     elif d == "viral_pneumonia":
         plan.append("Supportive care; antibiotics are not indicated.")
         if case.labs.influenza:
-            plan.append(f"Oseltamivir {_oseltamivir_mg(case.weight_kg)} mg twice daily for 5 days.")
+            plan.append(f"Oseltamivir {oseltamivir_mg(case.weight_kg)} mg twice daily for 5 days.")
     elif d == "bronchiolitis":
         plan.append(
             "Supportive care with nasal suctioning and small frequent feeds; "

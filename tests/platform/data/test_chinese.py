@@ -1,0 +1,79 @@
+"""A Chinese data set end to end on the ingest's passes (in this process): `p2med synth
+language=zh` writes what a Chinese children's hospital exports, with the clinical content
+of the English data set of the same seed, and no identifier of it reaches the shards."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from p2med.platform.data.extract import VocabularyExtractor
+from p2med.platform.data.ingest_plan import SPLITS
+from p2med.platform.data.language import text_language
+from p2med.platform.data.raw_store import RECORDS_FILE, REPORTS_FILE, dicom_paths, read_jsonl
+from p2med.platform.data.shards import SHARD_SCHEMA, split_rows
+from p2med.platform.data.synth import generate
+from p2med.platform.storage import resolve
+from tests.platform.conftest import INGEST, RAW, ingest_in_process
+
+CHINESE = RAW.model_copy(update={"patients": 10, "language": "zh"})
+ENGLISH = CHINESE.model_copy(update={"language": "en"})
+EXTRACT = VocabularyExtractor()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chinese")
+    raws = {}
+    for name, settings in (("zh", CHINESE), ("en", ENGLISH)):
+        raws[name] = resolve(str(root / name))
+        generate(settings, raws[name], progress=False)
+    return raws, ingest_in_process(raws["zh"], resolve(str(root / "shards")), INGEST)
+
+
+def test_the_chinese_data_set_states_the_english_one_s_findings_and_diagnoses(stores):
+    raws, _ = stores
+    reports = {name: read_jsonl(raw, REPORTS_FILE)[0] for name, raw in raws.items()}
+    records = {name: read_jsonl(raw, RECORDS_FILE)[0] for name, raw in raws.items()}
+    assert len(reports["zh"]) == len(reports["en"]) and len(records["zh"]) == len(records["en"])
+    for zh, en in zip(reports["zh"], reports["en"], strict=True):
+        assert text_language(zh["findings"]) == "zh" and text_language(en["findings"]) == "en"
+        assert EXTRACT.findings(zh["findings"]) == EXTRACT.findings(en["findings"])
+    for zh, en in zip(records["zh"], records["en"], strict=True):
+        diagnosis = "discharge_diagnosis" if zh["record_type"] == "inpatient" else "diagnosis"
+        assert EXTRACT.diagnosis("诊断：" + zh["sections"][diagnosis]) == EXTRACT.diagnosis(
+            "Diagnosis: " + en["sections"][diagnosis]
+        )
+        if zh["record_type"] == "outpatient":
+            assert EXTRACT.treatments(zh["sections"]["plan"]) == EXTRACT.treatments(en["sections"]["plan"])
+
+
+def test_headers_name_the_patient_in_pinyin_and_characters(stores):
+    raws, _ = stores
+    ds = pydicom.dcmread(raws["zh"].join(dicom_paths(raws["zh"])[0]).path, stop_before_pixels=True)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    alphabetic, ideographic = str(ds.PatientName).split("=")
+    assert alphabetic.isascii() and text_language(ideographic) == "zh"
+
+
+def test_no_identifier_of_the_chinese_export_reaches_the_shards(stores):
+    raws, ingested = stores
+    values = set()
+    for record in read_jsonl(raws["zh"], RECORDS_FILE)[0]:
+        people = ("patient_name", "guardian", "next_of_kin")
+        values |= {record[key] for key in (*people, "phone", "resident_id", "address", "record_id")}
+        values |= {record["institution"], record["physician"].split()[0], record["address"][:3]}
+    shards, manifest = ingested.shards, ingested.manifest
+    rows = [row for split in SPLITS for row in split_rows(shards, manifest, split, SHARD_SCHEMA.names)]
+    texts = [
+        json.dumps(json.loads(row[column]), ensure_ascii=False)
+        for row in rows
+        for column in ("xray_report", "ct_report", "outpatient", "inpatient")
+        if row[column]
+    ]
+    text = "\n".join(texts)
+    assert text_language(text) == "zh" and "[REDACTED]" in text
+    leaked = sorted(value for value in values if value and value in text)
+    assert not leaked, f"{len(leaked)} identifying values reached the shards"
