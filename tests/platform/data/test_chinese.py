@@ -9,12 +9,16 @@ import json
 import pydicom
 import pytest
 
+from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.language import text_language
+from p2med.platform.data.prompts import CHINESE as CHINESE_WORDS
+from p2med.platform.data.prompts import request_prompt, stage_samples
 from p2med.platform.data.raw_store import RECORDS_FILE, REPORTS_FILE, dicom_paths, read_jsonl
 from p2med.platform.data.shards import SHARD_SCHEMA, split_rows
 from p2med.platform.data.synth import generate
+from p2med.platform.data.tasks import TASKS
 from p2med.platform.storage import resolve
 from tests.platform.conftest import INGEST, RAW, ingest_in_process
 
@@ -77,3 +81,19 @@ def test_no_identifier_of_the_chinese_export_reaches_the_shards(stores):
     assert text_language(text) == "zh" and "[REDACTED]" in text
     leaked = sorted(value for value in values if value and value in text)
     assert not leaked, f"{len(leaked)} identifying values reached the shards"
+
+
+def test_a_chinese_row_trains_on_chinese_prompts_and_targets(stores):
+    _, ingested = stores
+    shards, manifest = ingested.shards, ingested.manifest
+    rows = [row for split in SPLITS for row in split_rows(shards, manifest, split, SHARD_SCHEMA.names)]
+    samples = [sample for row in rows for sample in stage_samples(row, 3)]
+    assert {sample.task for sample in samples} == set(TASKS)
+    for sample in samples:
+        instruction = sample.prompt.removeprefix(f"{IMAGE_TOKEN}\n" * len(sample.images)).split("\n")[0]
+        assert instruction == CHINESE_WORDS.instructions[sample.task]
+        assert text_language(sample.target) == "zh"
+        if sample.task == "differential_diagnosis":
+            assert sample.target.startswith("诊断：") and EXTRACT.diagnosis(sample.target) is not None
+    assert request_prompt("xray_report", ["xray"], "发热3天").startswith(f"{IMAGE_TOKEN}\n请为这张胸部X线片")
+    assert request_prompt("xray_report", ["xray"], "fever for 3 days").endswith("fever for 3 days")
