@@ -142,17 +142,29 @@ def outpatient_record(case: Case) -> dict:
     }
 
 
+def admission_reasons(case: Case) -> list[str]:
+    """Why an admitted case was admitted ("hypoxaemia", "young_infant", "inflammation");
+    none: the common reasons (poor intake, work of breathing)."""
+    reasons = []
+    if case.vitals.spo2 < 92:
+        reasons.append("hypoxaemia")
+    if case.age_days < 90:
+        reasons.append("young_infant")
+    if case.labs.crp > 150:
+        reasons.append("inflammation")
+    return reasons
+
+
 def inpatient_record(case: Case) -> dict:
     """The admission-to-discharge record of an admitted case, as a JSONL row."""
     ident = case.identity
     discharge = case.visit_date + dt.timedelta(days=case.length_of_stay_days)
-    reasons = []
-    if case.vitals.spo2 < 92:
-        reasons.append(f"hypoxaemia (SpO2 {case.vitals.spo2}%)")
-    if case.age_days < 90:
-        reasons.append("young infant")
-    if case.labs.crp > 150:
-        reasons.append("markedly raised inflammatory markers")
+    phrases = {
+        "hypoxaemia": f"hypoxaemia (SpO2 {case.vitals.spo2}%)",
+        "young_infant": "young infant",
+        "inflammation": "markedly raised inflammatory markers",
+    }
+    reasons = [phrases[reason] for reason in admission_reasons(case)]
     reason = ", ".join(reasons) or "poor oral intake and increased work of breathing"
     return {
         **_header(case, "inpatient"),

@@ -12,7 +12,7 @@ import datetime as dt
 
 from p2med.platform.data.synth.cases import Case
 from p2med.platform.data.synth.identity_zh import ChineseIdentity
-from p2med.platform.data.synth.records import dose, oseltamivir_mg
+from p2med.platform.data.synth.records import admission_reasons, dose, oseltamivir_mg
 from p2med.platform.data.synth.reports_zh import age_zh, child_zh, impression_text_zh, symptoms_zh
 from p2med.platform.data.vocabulary import DIAGNOSIS_NAMES_ZH
 
@@ -71,13 +71,12 @@ def outpatient_record_zh(case: Case, ident: ChineseIdentity, accessions: list[st
 def inpatient_record_zh(case: Case, ident: ChineseIdentity, accessions: list[str]) -> dict:
     """The admission-to-discharge record of an admitted case, as a JSONL row."""
     discharge = case.visit_date + dt.timedelta(days=case.length_of_stay_days)
-    reasons = []
-    if case.vitals.spo2 < 92:
-        reasons.append(f"低氧血症（SpO2 {case.vitals.spo2}%）")
-    if case.age_days < 90:
-        reasons.append("小婴儿")
-    if case.labs.crp > 150:
-        reasons.append("炎症指标明显升高")
+    phrases = {
+        "hypoxaemia": f"低氧血症（SpO2 {case.vitals.spo2}%）",
+        "young_infant": "小婴儿",
+        "inflammation": "炎症指标明显升高",
+    }
+    reasons = [phrases[reason] for reason in admission_reasons(case)]
     return {
         **_header(case, ident, "inpatient", accessions),
         "admission_date": case.visit_date.isoformat(),

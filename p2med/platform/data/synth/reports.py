@@ -87,21 +87,34 @@ def findings_text(case: Case, modality: str, rng: np.random.Generator) -> str:
     return " ".join(sentences)
 
 
+IMPRESSION_TAILS = {
+    "pneumonia": "consistent with pneumonia in the appropriate clinical setting",
+    "small_airways": "in keeping with small airways disease such as bronchiolitis",
+    "viral": "suggestive of viral or atypical lower respiratory tract infection",
+    "bronchopneumonia": "suggestive of bronchopneumonia or atypical infection",
+}
+
+
+def impression_reading(case: Case) -> str:
+    """What the findings together suggest, a key of `IMPRESSION_TAILS` (a case with findings)."""
+    types = {finding.type for finding in case.findings}
+    for kind, reading in (
+        ("consolidation", "pneumonia"),
+        ("hyperinflation", "small_airways"),
+        ("interstitial_opacity", "viral"),
+    ):
+        if kind in types:
+            return reading
+    return "bronchopneumonia"
+
+
 def impression_text(case: Case) -> str:
     if not case.findings:
         return "No acute cardiopulmonary abnormality."
     parts = [f.phrase() for f in case.findings]
     summary = "; ".join(parts)
     summary = summary[0].upper() + summary[1:]
-    if any(f.type == "consolidation" for f in case.findings):
-        tail = "consistent with pneumonia in the appropriate clinical setting"
-    elif any(f.type == "hyperinflation" for f in case.findings):
-        tail = "in keeping with small airways disease such as bronchiolitis"
-    elif any(f.type == "interstitial_opacity" for f in case.findings):
-        tail = "suggestive of viral or atypical lower respiratory tract infection"
-    else:
-        tail = "suggestive of bronchopneumonia or atypical infection"
-    return f"{summary}, {tail}."
+    return f"{summary}, {IMPRESSION_TAILS[impression_reading(case)]}."
 
 
 def report_record(case: Case, seed: int, modality: str, study_uid: str) -> dict:

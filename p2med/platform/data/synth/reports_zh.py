@@ -9,6 +9,7 @@ import numpy as np
 
 from p2med.platform.data.synth.cases import Case
 from p2med.platform.data.synth.identity_zh import ChineseIdentity
+from p2med.platform.data.synth.reports import impression_reading
 from p2med.platform.data.vocabulary import LOBE_PHRASES_ZH, Finding
 
 SIDES_ZH = {"left": "左侧", "right": "右侧", "bilateral": "双侧"}
@@ -25,6 +26,12 @@ CT_SENTENCES = {
     "interstitial_opacity": ["双肺间质性改变，小叶间隔增厚。", "双肺见网格状间质性改变。"],
     "pleural_effusion": ["{side}少量胸腔积液。", "{side}胸腔积液，量少。"],
     "hyperinflation": ["双肺过度充气，呈马赛克灌注。", "双肺过度充气。"],
+}
+IMPRESSION_TAILS_ZH = {  # the readings of `reports.impression_reading`
+    "pneumonia": "符合肺炎表现，请结合临床",
+    "small_airways": "考虑毛细支气管炎等小气道病变",
+    "viral": "提示病毒性或非典型下呼吸道感染",
+    "bronchopneumonia": "考虑支气管肺炎或非典型感染",
 }
 NEGATIVES = {"consolidation": "未见明确实变影。", "pleural_effusion": "未见胸腔积液。"}
 SYMPTOMS_ZH = {
@@ -76,15 +83,7 @@ def impression_text_zh(case: Case) -> str:
     if not case.findings:
         return "心肺未见明显急性病变。"
     summary = "；".join(finding.phrase_zh() for finding in case.findings)
-    if any(finding.type == "consolidation" for finding in case.findings):
-        tail = "符合肺炎表现，请结合临床"
-    elif any(finding.type == "hyperinflation" for finding in case.findings):
-        tail = "考虑毛细支气管炎等小气道病变"
-    elif any(finding.type == "interstitial_opacity" for finding in case.findings):
-        tail = "提示病毒性或非典型下呼吸道感染"
-    else:
-        tail = "考虑支气管肺炎或非典型感染"
-    return f"{summary}，{tail}。"
+    return f"{summary}，{IMPRESSION_TAILS_ZH[impression_reading(case)]}。"
 
 
 def report_record_zh(
