@@ -150,8 +150,10 @@ def ingest_scrubber(case: Case) -> Scrubber:
 
 def exact_values(case: Case) -> Callable[[str], str]:
     """The baseline: the header's values replaced as written."""
-    values = [str(element.value) for element in header(case)] + [case.identity.phone]
+    return _replacing([str(element.value) for element in header(case)] + [case.identity.phone])
 
+
+def _replacing(values: list[str]) -> Callable[[str], str]:
     def scrub(text: str) -> str:
         for value in sorted(values, key=len, reverse=True):
             text = text.replace(value, REDACTED)
@@ -294,14 +296,7 @@ def chinese_over_scrubbed(idents: list[ChineseIdentity]) -> collections.Counter[
 
 def chinese_exact_values(ident: ChineseIdentity) -> Callable[[str], str]:
     """The baseline: the header's values replaced as written."""
-    values = [str(element.value) for element in chinese_header(ident)]
-
-    def scrub(text: str) -> str:
-        for value in sorted(values, key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
-
-    return scrub
+    return _replacing([str(element.value) for element in chinese_header(ident)])
 
 
 def main() -> None:
