@@ -13,8 +13,6 @@ from __future__ import annotations
 import itertools
 import re
 
-from pypinyin import Style, pinyin
-
 from p2med.platform.data.language import CJK
 
 HAS_CJK = re.compile(f"[{CJK}]")
@@ -92,7 +90,7 @@ def pinyin_names(family: str, given: str) -> list[tuple[str, str]]:
 def given_pinyin_forms(given: str) -> set[str]:
     """A pinyin given name of several syllables as text writes it: "Xiaoming", "Xiao Ming",
     "Xiao-ming"."""
-    syllables = [reading[0] for reading in pinyin(given, style=Style.NORMAL)]
+    syllables = [reading[0] for reading in _pinyin(given, heteronym=False)]
     if len(syllables) < 2:
         return set()
     return {
@@ -112,5 +110,14 @@ def address_parts(address: str) -> set[str]:
 
 
 def _readings(characters: str) -> list[str]:
-    per_character = pinyin(characters, style=Style.NORMAL, heteronym=True)
+    per_character = _pinyin(characters, heteronym=True)
     return ["".join(combination) for combination in itertools.product(*per_character)][:MOST_READINGS]
+
+
+def _pinyin(characters: str, heteronym: bool) -> list[list[str]]:
+    """The readings of each character, toneless. pypinyin is imported here, when a name in
+    characters is first met: loading its dictionaries costs every process that imports
+    de-identification about 0.2 s, and most never see Chinese."""
+    from pypinyin import Style, pinyin
+
+    return pinyin(characters, style=Style.NORMAL, heteronym=heteronym)
