@@ -136,6 +136,22 @@ def test_chat_completions_with_the_openai_client(base_url):
     assert streamed == answer.choices[0].message.content  # greedy: the same text either way
 
 
+def test_chinese_clinical_text_through_the_reports_form_and_the_openai_client(base_url, client, xray_dicom):
+    form = {"task": "xray_report", "clinical_text": "患儿发热、咳嗽3天，体温39.2℃。"}
+    response = client.post("/v1/reports", data=form, files=[("file", ("胸片.dcm", xray_dicom))])
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["report"], str)
+    api = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, timeout=120)
+    parts = [
+        {"type": "image_url", "image_url": {"url": data_uri(png())}},
+        {"type": "text", "text": "请为这张胸部X线片书写影像报告（影像所见及印象）。"},
+    ]
+    messages = [{"role": "user", "content": parts}]
+    answer = api.chat.completions.create(model="p2med", messages=messages, max_tokens=5)
+    chunks = list(api.chat.completions.create(model="p2med", messages=messages, max_tokens=5, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content
+
+
 def test_chat_streams_server_sent_events(client, xray_dicom):
     body = {
         "model": "p2med",
