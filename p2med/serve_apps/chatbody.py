@@ -6,7 +6,8 @@ each URI is decoded: several times its size in the ingress. Instead each base64 
 URI's payload is decoded as its chunks arrive and set apart (`ChatBody.images`); the
 JSON keeps the URI's header with the payload replaced by `*<index>` (not base64, so no
 client's URI reads as one), and stays as small as the text. Its size also bounds the
-text, so a huge prompt is refused before it has all arrived.
+text, so a huge prompt is refused before it has all arrived, and the count of images is
+checked as each one starts, so a request with too many is refused at the first one over.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ class ChatBody:
     `json` is the body with every base64 data URI's payload replaced by `*<index>` of its
     decoded bytes in `images`. Anything else (text, a URI that is not base64, a string
     that only starts like one) is kept as it came. A text part that is itself a base64
-    data URI is set apart too.
+    data URI is set apart too. More than `max_images` such URIs: refused when the next one
+    starts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_images: int) -> None:
+        self.max_images = max_images
         self.json = bytearray()
         self.images: list[bytes] = []
         self._state = self._outside
@@ -49,7 +52,7 @@ class ChatBody:
 
     def add(self, chunk: bytes) -> None:
         """Raises:
-        ClientError: a data URI's payload that is not base64."""
+        ClientError: a data URI's payload that is not base64; more images than `max_images`."""
         data, self._carry = self._carry + chunk, b""
         at = 0
         while at < len(data):
@@ -99,6 +102,9 @@ class ChatBody:
                 return end + 2
         if data[end] != ord(",") or not self._header.endswith(b";base64"):
             return self._not_a_uri(end)
+        if len(self.images) == self.max_images:
+            most = self.max_images
+            raise ClientError(f"the messages hold over {most} images; this server takes at most {most}")
         self.json += self._header + b","
         self._image = io.BytesIO()
         self._padded = False

@@ -31,8 +31,8 @@ def text(words: str) -> dict:
     return {"type": "text", "text": words}
 
 
-def read(body: bytes, chunk: int) -> ChatBody:
-    read = ChatBody()
+def read(body: bytes, chunk: int, max_images: int = 8) -> ChatBody:
+    read = ChatBody(max_images)
     for at in range(0, len(body), chunk):
         read.add(body[at : at + chunk])
     read.end()
@@ -87,3 +87,11 @@ def test_a_body_without_images_is_kept_whole():
     body = json.dumps(chat([text("x" * 10_000)])).encode()
     read_body = read(body, 4_000)
     assert read_body.json == body and read_body.images == []
+
+
+def test_an_image_over_the_limit_is_refused_as_it_starts():
+    body = json.dumps(SENT).encode()
+    assert len(read(body, 7, max_images=3).images) == 3
+    third = body.index(b"data:image/jpeg")
+    with pytest.raises(ClientError, match="hold over 2 images; this server takes at most 2"):
+        read(body[: third + len("data:image/jpeg;base64,") + 1], 7, max_images=2)
