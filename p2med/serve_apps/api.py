@@ -56,9 +56,6 @@ from p2med.serve_apps.uploads import decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
 RETRY_AFTER_S = "1"
-BODY_LEFT_UNREAD = {"Connection": "close"}
-"""The headers of a refusal sent before the request's body has all arrived: the
-connection is closed after it, rather than kept open to read and discard the rest."""
 DEMO_PATH = "/demo"
 
 api = FastAPI(title="P2Med API", docs_url=None, redoc_url=None)
@@ -462,14 +459,12 @@ class Ingress:
         limit = self.settings.max_request_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            refusal = f"the request is {int(declared):,} bytes; the limit is {limit:,}"
-            raise ApiError(413, refusal, **BODY_LEFT_UNREAD)
+            raise ApiError(413, f"the request is {int(declared):,} bytes; the limit is {limit:,}")
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                refusal = f"the request is over the limit of {limit:,} bytes"
-                raise ApiError(413, refusal, **BODY_LEFT_UNREAD)
+                raise ApiError(413, f"the request is over the limit of {limit:,} bytes")
             yield chunk
             # Chunks already received come without a wait: without this, one large body
             # would be read to its end in one step of the event loop, and every other
@@ -487,17 +482,13 @@ class Ingress:
         as the rest is more than the text limit allows."""
         body, limit = ChatBody(self.settings.max_images), self.settings.max_text_bytes
         async for chunk in self._chunks(request):
-            try:
-                body.add(chunk)
-            except ClientError as exc:
-                raise ApiError(400, str(exc), **BODY_LEFT_UNREAD) from None
+            _client_call(body.add, chunk)
             if len(body.json) > limit:
                 raise ApiError(
                     400,
                     f"the body holds over {limit:,} bytes besides its images' data URIs: more text "
                     f"than this server takes ({self.settings.max_prompt_chars:,} characters, "
                     "max_prompt_chars)",
-                    **BODY_LEFT_UNREAD,
                 )
         body.end()
         return body
