@@ -25,7 +25,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import gradio as gr
@@ -51,8 +51,9 @@ from p2med.serve_apps.compute import Completion
 from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
 from p2med.serve_apps.models import imaging_for
+from p2med.serve_apps.readers import HeaderReaders
 from p2med.serve_apps.settings import ServeSettings
-from p2med.serve_apps.uploads import decode_upload, inspect_upload
+from p2med.serve_apps.uploads import Upload, decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
 RETRY_AFTER_S = "1"
@@ -155,10 +156,15 @@ def _chat_request(body: bytearray) -> ChatRequest:
 
 
 def _chat_inputs(
-    messages: list[Message], images: list[bytes], max_bytes: int, max_images: int
+    messages: list[Message],
+    images: list[bytes],
+    max_bytes: int,
+    max_images: int,
+    inspect: Callable[[list[bytes], int], Upload] = inspect_upload,
 ) -> tuple[list[list[bytes]], str]:
     """The images (as upload files, in order) and the text of a chat's messages; `images`:
-    the data URIs' payloads that `ChatBody` set apart."""
+    the data URIs' payloads that `ChatBody` set apart. Each upload is checked by `inspect`
+    (`inspect_upload`, or where it runs: `HeaderReaders.inspect`)."""
     asked = [m.content for m in messages if m.role != "assistant"]
     count = sum(isinstance(part, ImagePart) for parts in asked if isinstance(parts, list) for part in parts)
     if count > max_images:  # counted before any is decoded
@@ -178,7 +184,7 @@ def _chat_inputs(
     text = "\n".join(t.strip() for t in texts if t.strip())
     if not text:
         raise ApiError(400, "the messages hold no text: say what to write")
-    decoded = sum(_client_call(inspect_upload, files, max_bytes).pixel_bytes for files in uploads)
+    decoded = sum(_client_call(inspect, files, max_bytes).pixel_bytes for files in uploads)
     if decoded > max_bytes:  # each image alone is within it
         together = f"the images' pixel data decodes to {decoded:,} bytes together"
         raise ApiError(400, f"{together}; the limit is {max_bytes:,}")
@@ -273,6 +279,7 @@ class Ingress:
     def __init__(self, vision: DeploymentHandle, llm: DeploymentHandle, settings: ServeSettings) -> None:
         self.vision, self.llm, self.llm_stream = vision, llm, llm.options(stream=True)
         self.settings = settings
+        self.readers = HeaderReaders(settings.header_readers)
         # build_app wrote in the keys of its environment, and refuses an app with none that is not open
         self.keys = {key.get_secret_value() for key in settings.api_keys}
         if settings.demo:
@@ -295,8 +302,8 @@ class Ingress:
         chat = _chat_request(body.json)
         if chat.model != self.settings.model_name:
             raise ApiError(404, f"model {chat.model!r} is not served here; GET /v1/models lists it")
-        limits = (self.settings.max_request_bytes, self.settings.max_images)
-        # off the event loop: every file's header is read (a CT's slices: thousands)
+        limits = (self.settings.max_request_bytes, self.settings.max_images, self.readers.inspect)
+        # off the event loop: it waits for every file's header to be read (a CT's slices: thousands)
         uploads, text = await asyncio.to_thread(_chat_inputs, chat.messages, body.images, *limits)
         prompt = f"{IMAGE_TOKEN}\n" * len(uploads) + text
         completion = self._completion(prompt, chat.max_completion_tokens or chat.max_tokens, chat)
@@ -328,12 +335,13 @@ class Ingress:
 
     def _report(self, task: str, files: list[bytes], clinical_text: str) -> Completion:
         """What to generate for a report of `task` on one uploaded image (the reports
-        endpoint and the demo; it reads every file's header: call it off the event loop)."""
+        endpoint and the demo; it waits for every file's header to be read: call it off
+        the event loop)."""
         if task not in IMAGE_TASKS:
             raise ApiError(400, f"task must be one of {', '.join(IMAGE_TASKS)}; got {task!r}")
         if not files:
             raise ApiError(400, "no file uploaded: send one X-ray, or a CT series as files or one zip")
-        kind = _client_call(inspect_upload, files, self.settings.max_request_bytes).kind
+        kind = _client_call(self.readers.inspect, files, self.settings.max_request_bytes).kind
         wanted = task.removesuffix("_report")
         if task.endswith("_report") and kind != wanted:
             raise ApiError(400, f"task {task} needs a {wanted.upper()} but the upload is a {kind.upper()}")

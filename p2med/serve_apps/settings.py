@@ -87,6 +87,8 @@ class ServeSettings(Settings):
     max_images: int = Field(8, ge=1)
     """The most images one chat request may hold (each is decoded and encoded before the
     answer starts, in the encoder replicas every other request shares)."""
+    header_readers: int = Field(2, ge=1)
+    """Processes beside each ingress replica that read uploads' headers (`readers.py`)."""
     request_timeout_s: float = Field(300.0, gt=0)
     """The most one request may take, end to end: past it, a 504 (a stream ends with an
     error event) and its row leaves the running batch."""

@@ -1,0 +1,54 @@
+"""Uploads' headers read in processes beside the ingress, not in it.
+
+Reading a DICOM header is pure Python and holds the GIL while it runs: in the ingress's
+own process, a CT's slices, or a malformed file's sequences nested thousands deep, would
+hold up the event loop that every other request (a health check too) needs between its
+steps. In processes of their own they only share the CPU.
+
+    readers = HeaderReaders(2)
+    upload = readers.inspect(files, max_bytes)   # blocks: call it off the event loop
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from p2med.serve_apps.uploads import Upload, file_type, inspect_upload
+
+
+class HeaderReaders:
+    """`inspect_upload` in `processes` worker processes, started at once (spawned: the
+    ingress's process holds Ray's threads, which a fork would copy in whatever state)."""
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._start()
+
+    def inspect(self, files: list[bytes], max_bytes: int) -> Upload:
+        """What `inspect_upload(files, max_bytes)` says, read in a worker process.
+
+        Raises:
+            BadUpload: as `inspect_upload` does.
+            BrokenProcessPool: a worker died while it held this request (killed, out of
+                memory); the requests after it get new workers.
+        """
+        pool = self._pool
+        try:
+            return pool.submit(inspect_upload, files, max_bytes).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = self._start()
+            raise
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+        # A worker starts when a call finds none idle: these start them all now, and have
+        # them import what reading headers needs, rather than with the first uploads.
+        for _ in range(self._processes):
+            pool.submit(file_type, b"")
+        return pool
