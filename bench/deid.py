@@ -22,7 +22,8 @@ and inpatient numbers), carried by a DICOM header (`Zhang^Xiaoming=张^晓明`) 
 as a Chinese hospital's export would; planted are the names in characters and in pinyin,
 the given name alone, a physician's family name with a title (张医生), the ID number, phone
 numbers and the birth date in the formats Chinese text uses (full-width digits among them),
-the address whole and in parts, the hospital and the record numbers. Recall counts a
+the address whole and in parts, the hospital and the record numbers, and the names, the
+address and the record labels in traditional characters. Recall counts a
 planted identifier missed when any of its characters is left where it stood. Over-scrubbing
 is measured on Chinese clinical sentences written for this benchmark (the synthetic
 generator writes English only), scrubbed with each patient's scrubber.
@@ -220,7 +221,17 @@ def chinese_planted(ident: ChineseIdentity) -> list[str]:
         born.strftime("%Y%m%d"), ident.address, ident.city, road.group() if road else ident.city,
         ident.hospital, f"门诊号：{ident.outpatient_number}", f"住院号 {ident.inpatient_number}",
         ident.outpatient_number, ident.inpatient_number,
+        *{_traditional(text) for text in (ident.name, ident.mother, ident.physician, ident.address)}
+        - {ident.name, ident.mother, ident.physician, ident.address},
+        f"門診號：{ident.outpatient_number}", f"住院號 {ident.inpatient_number}",
     ]  # fmt: skip
+
+
+def _traditional(text: str) -> str:
+    """As a record from Hong Kong or Taiwan, or a traditional-script input method, writes it."""
+    import opencc
+
+    return opencc.OpenCC("s2t").convert(text)
 
 
 def _full_width(text: str) -> str:

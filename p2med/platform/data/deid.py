@@ -87,6 +87,10 @@ IDENTIFYING_PATTERN = re.compile(
 # Full-width forms (U+FF01-FF5E) and the ideographic space, read as ASCII: one character
 # for one, so what is found in the translation is where it is in the text.
 HALF_WIDTH = {0xFF01 + offset: 0x21 + offset for offset in range(94)} | {0x3000: 0x20}
+# What identifiers are matched in: the text with full-width forms read as ASCII and
+# traditional Chinese characters as simplified, each one character for one, so what is
+# found in the view is where it is in the text.
+MATCHING_VIEW = deid_zh.SimplifiedView(HALF_WIDTH)
 # Names that are also words of English clinical text ("may represent", "X-ray", "white
 # cell count", "lung fields", "fine crackles"): alone, they are scrubbed only as names
 # (see Scrubber). Names that are words but not of this text (Grace, Lily) are scrubbed
@@ -217,14 +221,14 @@ def value_spellings(value: str) -> set[str]:
 
 class Scrubber:
     """Replaces one patient's identifying values (whole words, any letter case; in Chinese
-    characters, wherever they stand) and every identifying pattern in text by [REDACTED]. A
-    value that is an ordinary word (`ORDINARY_WORDS`) is replaced only as a name:
-    capitalised after a title or a relation. Build once per patient: the values compile
-    into one regular expression, longest first, so 'Emma Smith' goes before 'Emma' can
-    match."""
+    characters, wherever they stand, traditional or simplified) and every identifying
+    pattern in text by [REDACTED]. A value that is an ordinary word (`ORDINARY_WORDS`) is
+    replaced only as a name: capitalised after a title or a relation. Build once per
+    patient: the values compile into one regular expression, longest first, so 'Emma
+    Smith' goes before 'Emma' can match."""
 
     def __init__(self, identifiers: Iterable[str]) -> None:
-        values = sorted({v.translate(HALF_WIDTH) for v in identifiers if v}, key=len, reverse=True)
+        values = sorted({v.translate(MATCHING_VIEW) for v in identifiers if v}, key=len, reverse=True)
         words = [v for v in values if v.lower() in ORDINARY_WORDS]
         chinese = [v for v in values if deid_zh.has_cjk(v)]
         others = [v for v in values if v.lower() not in ORDINARY_WORDS and not deid_zh.has_cjk(v)]
@@ -239,7 +243,7 @@ class Scrubber:
         self._values = re.compile("|".join(parts)) if parts else None
 
     def __call__(self, text: str) -> str:
-        view = text.translate(HALF_WIDTH)
+        view = text.translate(MATCHING_VIEW)
         found = [match.span() for match in IDENTIFYING_PATTERN.finditer(view)]
         if self._values is not None:
             # a name inside an e-mail address, a date inside a name's span...: spans merge

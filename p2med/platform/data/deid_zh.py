@@ -10,6 +10,7 @@ is too common inside words (扩张, 王 in 王氏...).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -55,6 +56,30 @@ IDENTIFYING_PATTERNS = [
     # long digit runs: ID, phone and record numbers in formats not listed above
     rf"(?<!{_D}){_D}{{9,}}(?!{_D})",
 ]
+
+
+class SimplifiedView(dict):
+    """A `str.translate` table that also reads each traditional Chinese character as its
+    simplified form, one character for one: '張偉' in a record then matches the header's
+    '张伟', and the other way round. Characters are converted (OpenCC's t2s, one at a
+    time, so the same character always reads the same) when first met."""
+
+    def __missing__(self, code: int) -> int:
+        character = chr(code)
+        simplified = _to_simplified(character) if HAS_CJK.match(character) else character
+        self[code] = ord(simplified) if len(simplified) == 1 else code
+        return self[code]
+
+
+@functools.cache
+def _simplifier():
+    import opencc  # here, as pypinyin is (`_pinyin`): most processes never see Chinese
+
+    return opencc.OpenCC("t2s")
+
+
+def _to_simplified(character: str) -> str:
+    return _simplifier().convert(character)
 
 
 def has_cjk(text: str) -> bool:

@@ -124,6 +124,14 @@ def test_chinese_names_in_every_spelling():
     assert {"Zhang Xiaoming", "Xiaoming Zhang", "Ouyang Jianguo"} <= names  # pinyin of the characters
 
 
+def test_names_and_labels_in_traditional_characters_match_simplified_ones_and_back():
+    header_simplified = Scrubber(name_spellings("Chen^Guohua=陈^国华") | {"台北市中正区"})
+    text = "患兒陳國華，住址臺北市中正區；國華咳嗽三天。門診號：A123456。"
+    assert header_simplified(text) == "患兒[REDACTED]，住址[REDACTED]；[REDACTED]咳嗽三天。[REDACTED]。"
+    header_traditional = Scrubber(name_spellings("陳國華"))
+    assert header_traditional("患儿陈国华；国华。") == "患儿[REDACTED]；[REDACTED]。"
+
+
 def test_a_single_character_family_name_is_scrubbed_only_as_a_name():
     scrub = Scrubber(name_spellings("张伟") | name_spellings("He^Jing=何^静"))
     text = "张医生：支气管扩张，张力性气胸。He was admitted with an opacity; Dr He saw him; 何静."
