@@ -129,14 +129,15 @@ ENGLISH = _Rules(
     ],
 )
 # Chinese: a comma ends a clause too ("双肺未见实变，右肺下叶见斑片状影"); lobes as
-# 右肺下叶, 右下叶, 右下肺; sides as 左侧, 右侧, 双侧 / 两侧 / 双肺.
+# 右肺下叶, 右下叶, 右下肺; sides as 左侧, 右侧, 双侧 / 两侧 / 双肺. English drug names
+# and abbreviations among the characters (GGO, Azithromycin) are read too.
 CHINESE = _Rules(
     clause_break=re.compile(r"[。；;！？!?\n，,]|但|然而"),
     negation_before=re.compile(r"未见|未发现|未闻及|无需|不需要?|不建议|不推荐|暂不|没有|不伴|排除|否认|无"),
     negation_after=re.compile(r"已?吸收|消失|不明显"),
     findings=re.compile(
         r"(?P<consolidation>实变)"
-        r"|(?P<patchy_opacity>斑片(?:状)?(?:模糊|密度增高)?影?|片状(?:密度增高|模糊)?影|磨玻璃(?:密度)?影)"
+        r"|(?P<patchy_opacity>斑片(?:状)?(?:模糊|密度增高)?影?|片状(?:密度增高|模糊)?影|磨玻璃(?:密度)?影|GGO)"
         r"|(?P<interstitial_opacity>间质(?:性)?(?:改变|影|浸润)|网格(?:状)?影)"
         r"|(?P<pleural_effusion>胸腔积液|胸水)"
         r"|(?P<hyperinflation>过度充气|过度通气|肺气肿)"
@@ -145,14 +146,14 @@ CHINESE = _Rules(
     side=re.compile(r"(左|右|双|两)(?:侧|肺)?(?!肺?[上中下])"),
     sides={"左": "left", "右": "right", "双": "bilateral", "两": "bilateral"},
     levels={"上": "upper", "中": "middle", "下": "lower"},
-    treatments=re.compile(
-        r"(?P<amoxicillin>阿莫西林)"
-        r"|(?P<cefuroxime>头孢呋辛)"
-        r"|(?P<ceftriaxone>头孢曲松)"
-        r"|(?P<clindamycin>克林霉素)"
-        r"|(?P<azithromycin>阿奇霉素)"
-        r"|(?P<oseltamivir>奥司他韦)"
-        r"|(?P<paracetamol>对乙酰氨基酚|扑热息痛)"
+    treatments=re.compile(  # drugs also by their English names, as mixed text gives them
+        r"(?P<amoxicillin>阿莫西林|(?i:amoxicillin))"
+        r"|(?P<cefuroxime>头孢呋辛|(?i:cefuroxime))"
+        r"|(?P<ceftriaxone>头孢曲松|(?i:ceftriaxone))"
+        r"|(?P<clindamycin>克林霉素|(?i:clindamycin))"
+        r"|(?P<azithromycin>阿奇霉素|(?i:azithromycin))"
+        r"|(?P<oseltamivir>奥司他韦|(?i:oseltamivir))"
+        r"|(?P<paracetamol>对乙酰氨基酚|扑热息痛|(?i:paracetamol|acetaminophen))"
         r"|(?P<oxygen>吸氧|氧疗|给氧)"
         r"|(?P<iv_fluids>静脉补液|静脉输液)"
         r"|(?P<pulse_oximetry>(?:经皮|脉搏)?血氧(?:饱和度)?监测)"

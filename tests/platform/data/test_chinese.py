@@ -1,6 +1,7 @@
 """A Chinese data set end to end on the ingest's passes (in this process): `p2med synth
 language=zh` writes what a Chinese children's hospital exports, with the clinical content
-of the English data set of the same seed, and no identifier of it reaches the shards."""
+of the English data set of the same seed (`language=mixed` too, with English terms among
+the Chinese), and no identifier of it reaches the shards."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.platform.conftest import INGEST, RAW, ingest_in_process
 
 CHINESE = RAW.model_copy(update={"patients": 10, "language": "zh"})
 ENGLISH = CHINESE.model_copy(update={"language": "en"})
+MIXED = CHINESE.model_copy(update={"language": "mixed"})
 EXTRACT = VocabularyExtractor()
 
 
@@ -31,27 +33,36 @@ EXTRACT = VocabularyExtractor()
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("chinese")
     raws = {}
-    for name, settings in (("zh", CHINESE), ("en", ENGLISH)):
+    for name, settings in (("zh", CHINESE), ("en", ENGLISH), ("mixed", MIXED)):
         raws[name] = resolve(str(root / name))
         generate(settings, raws[name], progress=False)
     return raws, ingest_in_process(raws["zh"], resolve(str(root / "shards")), INGEST)
 
 
-def test_the_chinese_data_set_states_the_english_one_s_findings_and_diagnoses(stores):
+@pytest.mark.parametrize("language", ["zh", "mixed"])
+def test_the_chinese_data_sets_state_the_english_one_s_findings_and_diagnoses(stores, language):
     raws, _ = stores
-    reports = {name: read_jsonl(raw, REPORTS_FILE)[0] for name, raw in raws.items()}
-    records = {name: read_jsonl(raw, RECORDS_FILE)[0] for name, raw in raws.items()}
-    assert len(reports["zh"]) == len(reports["en"]) and len(records["zh"]) == len(records["en"])
-    for zh, en in zip(reports["zh"], reports["en"], strict=True):
+    reports = [read_jsonl(raws[name], REPORTS_FILE)[0] for name in (language, "en")]
+    records = [read_jsonl(raws[name], RECORDS_FILE)[0] for name in (language, "en")]
+    assert len(reports[0]) == len(reports[1]) and len(records[0]) == len(records[1])
+    for zh, en in zip(*reports, strict=True):
         assert text_language(zh["findings"]) == "zh" and text_language(en["findings"]) == "en"
         assert EXTRACT.findings(zh["findings"]) == EXTRACT.findings(en["findings"])
-    for zh, en in zip(records["zh"], records["en"], strict=True):
+    for zh, en in zip(*records, strict=True):
         diagnosis = "discharge_diagnosis" if zh["record_type"] == "inpatient" else "diagnosis"
         assert EXTRACT.diagnosis("诊断：" + zh["sections"][diagnosis]) == EXTRACT.diagnosis(
             "Diagnosis: " + en["sections"][diagnosis]
         )
         if zh["record_type"] == "outpatient":
             assert EXTRACT.treatments(zh["sections"]["plan"]) == EXTRACT.treatments(en["sections"]["plan"])
+
+
+def test_mixed_text_writes_some_terms_in_english_among_the_chinese(stores):
+    raws, _ = stores
+    rows = read_jsonl(raws["mixed"], REPORTS_FILE)[0] + read_jsonl(raws["mixed"], RECORDS_FILE)[0]
+    written = json.dumps(rows, ensure_ascii=False)
+    assert "mg po" in written and "口服" in written  # each form for some patients
+    assert "Paracetamol" in written and "对乙酰氨基酚" in written
 
 
 def test_headers_name_the_patient_in_pinyin_and_characters(stores):

@@ -31,6 +31,7 @@ from p2med.platform.data.synth.ct import render_ct
 from p2med.platform.data.synth.dicom import ct_series, header_identity, xray_file
 from p2med.platform.data.synth.faults import make_faults
 from p2med.platform.data.synth.identity_zh import ChineseIdentity
+from p2med.platform.data.synth.mixing import Mixer
 from p2med.platform.data.synth.patients import dataset_key, patient_case, patient_identity_zh, patient_layout
 from p2med.platform.data.synth.records import inpatient_record, outpatient_record
 from p2med.platform.data.synth.records_zh import inpatient_record_zh, outpatient_record_zh
@@ -96,7 +97,7 @@ def render_patient(config: SynthSettings, index: int, out: Location) -> PatientO
     # Field of view grows with the child: ~22 cm for an infant, ~40 cm for a teenager.
     fov_mm = 220 + 13 * min(case.age_years, 14)
     key = dataset_key(config)
-    chinese = patient_identity_zh(config, case) if config.language == "zh" else None
+    chinese = patient_identity_zh(config, case) if config.language in ("zh", "mixed") else None
     who = header_identity(case, chinese)
     pixels = render_xray(layout, case.findings, (rows, cols), rng)
     xray = xray_file(case, key, pixels, fov_mm / rows, "DX" if rng.random() < 0.5 else "CR", who)
@@ -119,6 +120,9 @@ def render_patient(config: SynthSettings, index: int, out: Location) -> PatientO
         reports.append(_report(config, case, chinese, "CT", series.study_instance_uid))
         ct_slices = len(series.files)
     records = _records(case, chinese)
+    if config.language == "mixed":
+        mixer = Mixer(config.seed, index)
+        reports, records = [mixer.record(row) for row in reports], [mixer.record(row) for row in records]
     return PatientOutput(index, case.diagnosis, case.admitted, reports, records, studies, ct_slices)
 
 

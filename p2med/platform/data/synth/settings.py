@@ -49,10 +49,12 @@ class SynthSettings(Settings):
     """CT slice width and height in pixels."""
     workers: int = Field(0, ge=0)
     """Worker processes; 0 uses every CPU core."""
-    language: Literal["en", "zh"] = "en"
+    language: Literal["en", "zh", "mixed"] = "en"
     """Language of reports and records, and whose identities the headers and texts carry:
     "zh" writes them as a Chinese children's hospital does (Chinese names in characters
-    and pinyin, resident ID numbers, Chinese dates and addresses). The same patient, seed
-    and settings have the same clinical content and labels in either language."""
+    and pinyin, resident ID numbers, Chinese dates and addresses); "mixed" as "zh", with
+    English drug names and abbreviations among the Chinese as many doctors write them
+    (`synth.mixing`). The same patient, seed and settings have the same clinical content
+    and labels in every language."""
     faults: bool = False
     """Mix in one broken input of each kind the ingest must quarantine (listed in the manifest)."""
