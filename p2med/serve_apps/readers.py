@@ -47,8 +47,9 @@ class HeaderReaders:
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
-        # A worker starts when a call finds none idle: these start them all now, and have
-        # them import what reading headers needs, rather than with the first uploads.
-        for _ in range(self._processes):
-            pool.submit(file_type, b"")
+        # A worker starts when a call finds none idle: these start them all now and have
+        # them import what reading headers needs, so that the first uploads do not wait,
+        # and a worker that cannot start fails the replica's start, not a request.
+        for started in [pool.submit(file_type, b"") for _ in range(self._processes)]:
+            started.result()
         return pool
