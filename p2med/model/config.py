@@ -102,6 +102,10 @@ class ModelConfig:
     """K, the outputs of the finding head: the platform's label space (its vocabulary)."""
     trained: tuple[str, ...] = ()
     """Parts trained so far (`stages`): decides which weights a checkpoint must hold."""
+    language: str = "en"
+    """What most of its training text is written in ("en" / "zh"): stage 2's verdict slots
+    start at the findings' words in it, and a served request whose own text does not say
+    otherwise is prompted in it."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

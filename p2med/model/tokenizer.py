@@ -4,7 +4,13 @@
     tok.save_pretrained("runs/tokenizer")
     tok = load_tokenizer("runs/tokenizer")
 
-Byte-level, as GPT-2 and LLaMA-3 do it, so any text encodes without `<unk>`. `<image>` is
+Byte-level, as GPT-2 and LLaMA-3 do it, so any text encodes without `<unk>`. For a Chinese
+corpus the trainer caps tokens at `CHINESE_TOKEN_BYTES`, three characters: written without
+spaces, a Chinese clause is one "word" to byte-level pre-tokenization, and on a small
+corpus of set phrasings BPE merged whole clauses into one token each (左肺下叶见斑片状影
+and 右肺中叶可见斑片状密度增高影 one token apiece), so no lobe or finding was a token the
+model could reuse across findings; capped, 左肺 and 下叶 are tokens of their own, as words
+of one to three characters are in a Chinese LLaMA vocabulary. `<image>` is
 a special token: it is never split or merged, so each placeholder is exactly one id that
 the model replaces by an image's latents. Encoding prepends `<s>` (the LLaMA convention);
 callers append `</s>` to targets themselves.
@@ -24,10 +30,15 @@ from p2med.model.files import copy_without_weights
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_TOKEN)  # ids 0..4 in this order
+CHINESE_TOKEN_BYTES = 9  # three Chinese characters of UTF-8: the longest token of a Chinese corpus
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `texts`, with `SPECIAL_TOKENS` registered.
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, max_token_bytes: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with `SPECIAL_TOKENS` registered; no
+    token longer than `max_token_bytes` bytes of UTF-8 (`CHINESE_TOKEN_BYTES` for a Chinese
+    corpus), none without.
 
     Deterministic for the same texts in the same order.
     """
@@ -41,6 +52,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrai
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen in the corpus or not
         show_progress=False,
+        max_token_length=max_token_bytes,  # counted in byte-level symbols: one per byte
     )
     core.train_from_iterator(texts, trainer=trainer)
     bos = core.token_to_id(BOS_TOKEN)

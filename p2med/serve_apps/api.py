@@ -279,6 +279,8 @@ class Ingress:
     def __init__(self, vision: DeploymentHandle, llm: DeploymentHandle, settings: ServeSettings) -> None:
         self.vision, self.llm, self.llm_stream = vision, llm, llm.options(stream=True)
         self.settings = settings
+        location = resolve(settings.model, settings.storage)
+        self.model_config = check_model_folder(location.uri, location.fs)
         self.readers = HeaderReaders(settings.header_readers)
         # build_app wrote in the keys of its environment, and refuses an app with none that is not open
         self.keys = {key.get_secret_value() for key in settings.api_keys}
@@ -345,12 +347,12 @@ class Ingress:
         wanted = task.removesuffix("_report")
         if task.endswith("_report") and kind != wanted:
             raise ApiError(400, f"task {task} needs a {wanted.upper()} but the upload is a {kind.upper()}")
-        return self._completion(request_prompt(task, [kind], clinical_text), None)
+        prompt = request_prompt(task, [kind], clinical_text, self.model_config.language)
+        return self._completion(prompt, None)
 
     def _mount_demo(self) -> None:
         """The Gradio page at /demo, behind a login whose password is an API key (unless open)."""
-        location = resolve(self.settings.model, self.settings.storage)
-        imaging = imaging_for(check_model_folder(location.uri, location.fs))
+        imaging = imaging_for(self.model_config)
         limit = self.settings.max_request_bytes
 
         async def write(task: str, files: list[bytes], clinical_text: str) -> AsyncIterator[str]:

@@ -14,6 +14,7 @@ from transformers import LlamaConfig
 
 from p2med.model.tokenizer import (
     BOS_TOKEN,
+    CHINESE_TOKEN_BYTES,
     EOS_TOKEN,
     IMAGE_TOKEN,
     PAD_TOKEN,
@@ -146,3 +147,16 @@ def test_a_folder_without_a_readable_tokenizer_is_named(tmp_path):
         pretrained_tokenizer(str(tmp_path / "corrupt"), str(tmp_path / "copy2"))
     with pytest.raises(FileNotFoundError, match=r"no model folder at .*nowhere"):
         pretrained_tokenizer(str(tmp_path / "nowhere"), str(tmp_path / "copy"))
+
+
+def test_a_chinese_corpus_gets_word_sized_tokens_that_round_trip():
+    """Capped at three characters' bytes, a clause seen forty times is cut into pieces;
+    uncapped, it is one token."""
+    chinese = ["影像所见：左肺下叶见斑片状影，边缘模糊。", "印象：右肺中叶斑片状影。阿莫西林 450 mg"] * 40
+    capped = train_bpe_tokenizer(CORPUS + chinese, vocab_size=1024, max_token_bytes=CHINESE_TOKEN_BYTES)
+    text = "右肺下叶见斑片状影，WBC 12.3。"
+    ids = capped(text, add_special_tokens=False).input_ids
+    assert all(len(capped.decode([i]).encode()) <= CHINESE_TOKEN_BYTES for i in ids)
+    assert capped.decode(ids) == text
+    uncapped = train_bpe_tokenizer(CORPUS + chinese, vocab_size=1024)
+    assert len(uncapped.tokenize("左肺下叶见斑片状影")) == 1

@@ -165,10 +165,15 @@ def stage_samples(row: Mapping[str, Any], stage: int) -> list[Sample]:
 
 def row_wording(row: Mapping[str, Any]) -> Wording:
     """The wording of the language the row's reports and records are written in."""
+    return WORDINGS[row_language(row)]
+
+
+def row_language(row: Mapping[str, Any]) -> Language:
+    """The language the row's reports and records are written in."""
     texts = [
         json.dumps(value, ensure_ascii=False) for column in TEXT_COLUMNS if (value := _json(row, column))
     ]
-    return WORDINGS[text_language(" ".join(texts))]
+    return text_language(" ".join(texts))
 
 
 def row_texts(row: Mapping[str, Any]) -> list[str]:
@@ -231,14 +236,14 @@ def task_sample(row: Mapping[str, Any], task: str) -> Sample:
     raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
 
 
-def request_prompt(task: str, images: list[str], clinical_text: str = "") -> str:
+def request_prompt(task: str, images: list[str], clinical_text: str = "", language: Language = "en") -> str:
     """The prompt of `task` for a request that shows `images` ("xray" / "ct", X-ray first)
     with free clinical text, laid out as the task's training prompts are, in the clinical
-    text's language (English without one)."""
+    text's language (`language`, the model's, without one)."""
     if task not in INSTRUCTIONS:
         raise ValueError(f"task {task!r} does not exist; tasks are {', '.join(INSTRUCTIONS)}")
     text = clinical_text.strip()
-    instruction = WORDINGS[text_language(text)].instructions[task]
+    instruction = WORDINGS[text_language(text) if text else language].instructions[task]
     return f"{IMAGE_TOKEN}\n" * len(images) + instruction + (f"\n{text}" if text else "")
 
 

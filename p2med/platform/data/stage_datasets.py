@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,7 +36,15 @@ from p2med.model.interleave import IGNORE_INDEX
 from p2med.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest_plan import SPLITS
-from p2med.platform.data.prompts import INSTRUCTIONS, Sample, image_report, row_texts, stage_samples
+from p2med.platform.data.language import Language
+from p2med.platform.data.prompts import (
+    INSTRUCTIONS,
+    Sample,
+    image_report,
+    row_language,
+    row_texts,
+    stage_samples,
+)
 from p2med.platform.data.shards import (
     IMAGE_COLUMNS,
     TEXT_COLUMNS,
@@ -250,3 +259,11 @@ def corpus(shards: Location, split: str = "train") -> Iterator[str]:
     for row in split_rows(shards, read_manifest(shards), split, TEXT_COLUMNS):
         yield from row_texts(row)
         yield from (INSTRUCTIONS[task] for task in tasks_for(row))
+
+
+def split_language(shards: Location, split: str = "train", patients: int = 200) -> Language:
+    """The language most of the split's patients' texts are written in, judged on the first
+    `patients` of them (English for a split without any)."""
+    rows = itertools.islice(split_rows(shards, read_manifest(shards), split, TEXT_COLUMNS), patients)
+    votes = collections.Counter(row_language(row) for row in rows)
+    return votes.most_common(1)[0][0] if votes else "en"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from p2med.platform.data.language import Language
+
 Diagnosis = Literal[
     "normal",
     "bacterial_pneumonia",
@@ -139,3 +141,8 @@ FINDING_LABELS: tuple[Finding, ...] = (
     Finding("interstitial_opacity", "bilateral"),
     Finding("hyperinflation", "bilateral"),
 )
+
+
+def finding_phrases(language: Language) -> list[str]:
+    """How reports in `language` name each finding label, in `FINDING_LABELS` order."""
+    return [finding.phrase_zh() if language == "zh" else finding.phrase() for finding in FINDING_LABELS]

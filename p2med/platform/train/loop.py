@@ -35,7 +35,7 @@ from p2med.model.checkpoint import load_model, save_model
 from p2med.model.config import ModelConfig
 from p2med.model.presets import build_model
 from p2med.model.stages import apply_stage
-from p2med.platform.data.vocabulary import FINDING_LABELS
+from p2med.platform.data.vocabulary import finding_phrases
 from p2med.platform.storage import StorageSettings, resolve
 from p2med.platform.train.deepspeed_config import deepspeed_config
 from p2med.platform.train.native_ops import use_installed_ninja
@@ -210,7 +210,7 @@ def _initial_model(work: StageWork, device: torch.device) -> Any:
         return build_model(config, work.tokenizer, fs, device=device)
     model, _ = load_model(work.init_model, fs=resolve(work.init_model, work.storage).fs, device=device)
     if work.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
-        model.ground_verdict_slots([finding.phrase() for finding in FINDING_LABELS], work.tokenizer)
+        model.ground_verdict_slots(finding_phrases(model.config.language), work.tokenizer)
     return model.train()
 
 

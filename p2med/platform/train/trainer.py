@@ -35,9 +35,15 @@ from p2med.model.checkpoint import check_model_folder
 from p2med.model.config import ModelConfig
 from p2med.model.files import copy_without_weights
 from p2med.model.presets import PRESETS
-from p2med.model.tokenizer import load_tokenizer, pretrained_tokenizer, train_bpe_tokenizer
+from p2med.model.tokenizer import (
+    CHINESE_TOKEN_BYTES,
+    load_tokenizer,
+    pretrained_tokenizer,
+    train_bpe_tokenizer,
+)
+from p2med.platform.data.language import Language
 from p2med.platform.data.shards import read_manifest
-from p2med.platform.data.stage_datasets import corpus, stage_dataset
+from p2med.platform.data.stage_datasets import corpus, split_language, stage_dataset
 from p2med.platform.data.stage_settings import StageDataSettings
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.platform.errors import P2MedError
@@ -140,7 +146,7 @@ def _run_stage(
         stage_dir=stage_dir.uri,
         storage=output.storage,
         tokenizer=tokenizer,
-        model_config=model_config_for(settings, manifest) if stage == 1 else None,
+        model_config=model_config_for(settings, manifest, split_language(shards)) if stage == 1 else None,
         init_model=previous.uri if previous is not None else None,
         output=output.uri,
     )
@@ -234,7 +240,8 @@ def _tokenizer(
         source = output.join("tokenizer").uri
     elif model.preset == "tiny":
         print("train: training the tiny BPE tokenizer on the shards' train split", flush=True)
-        tokenizer = train_bpe_tokenizer(corpus(shards, "train"), vocab_size=model.vocab_size)
+        cap = CHINESE_TOKEN_BYTES if split_language(shards) == "zh" else None
+        tokenizer = train_bpe_tokenizer(corpus(shards, "train"), model.vocab_size, cap)
         tokenizer.save_pretrained(local)
         if output.join("tokenizer").exists():
             output.join("tokenizer").remove()
@@ -252,9 +259,9 @@ def _tokenizer(
     return local
 
 
-def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
-    """The preset's config with the image sizes of the shards and the label space of the
-    finding head."""
+def model_config_for(settings: TrainSettings, manifest: dict, language: Language = "en") -> ModelConfig:
+    """The preset's config with the image sizes of the shards, the label space of the
+    finding head and the `language` of the training text."""
     model = settings.model
     if model.preset == "paper":
         if not (model.llm and model.vision):
@@ -265,7 +272,7 @@ def model_config_for(settings: TrainSettings, manifest: dict) -> ModelConfig:
     imaging = manifest["imaging"]
     sizes = {key: imaging[key] for key in ("xray_size", "ct_slices", "ct_size")}
     vision = dataclasses.replace(config.vision, **sizes)
-    return config.replace(vision=vision, finding_labels=len(FINDING_LABELS))
+    return config.replace(vision=vision, finding_labels=len(FINDING_LABELS), language=language)
 
 
 def _wait_for_resources(scaling: ScalingSettings) -> None:

@@ -10,6 +10,7 @@ import json
 import pydicom
 import pytest
 
+from p2med.model.config import ModelConfig
 from p2med.model.tokenizer import IMAGE_TOKEN
 from p2med.platform.data.extract import VocabularyExtractor
 from p2med.platform.data.ingest_plan import SPLITS
@@ -18,9 +19,14 @@ from p2med.platform.data.prompts import CHINESE as CHINESE_WORDS
 from p2med.platform.data.prompts import request_prompt, stage_samples
 from p2med.platform.data.raw_store import RECORDS_FILE, REPORTS_FILE, dicom_paths, read_jsonl
 from p2med.platform.data.shards import SHARD_SCHEMA, split_rows
+from p2med.platform.data.stage_datasets import split_language
 from p2med.platform.data.synth import generate
 from p2med.platform.data.tasks import TASKS
+from p2med.platform.data.vocabulary import DIAGNOSES, FINDING_LABELS, finding_phrases
+from p2med.platform.eval.benchmark import row_diagnosis
 from p2med.platform.storage import resolve
+from p2med.platform.train.settings import TrainSettings
+from p2med.platform.train.trainer import model_config_for
 from tests.platform.conftest import INGEST, RAW, ingest_in_process
 
 CHINESE = RAW.model_copy(update={"patients": 10, "language": "zh"})
@@ -100,6 +106,8 @@ def test_a_chinese_row_trains_on_chinese_prompts_and_targets(stores):
     rows = [row for split in SPLITS for row in split_rows(shards, manifest, split, SHARD_SCHEMA.names)]
     samples = [sample for row in rows for sample in stage_samples(row, 3)]
     assert {sample.task for sample in samples} == set(TASKS)
+    # the benchmark reads the Chinese records' diagnoses (it mixes diagnoses by them)
+    assert {row_diagnosis(row) for row in rows if row["outpatient"] or row["inpatient"]} <= set(DIAGNOSES)
     for sample in samples:
         instruction = sample.prompt.removeprefix(f"{IMAGE_TOKEN}\n" * len(sample.images)).split("\n")[0]
         assert instruction == CHINESE_WORDS.instructions[sample.task]
@@ -108,3 +116,17 @@ def test_a_chinese_row_trains_on_chinese_prompts_and_targets(stores):
             assert sample.target.startswith("诊断：") and EXTRACT.diagnosis(sample.target) is not None
     assert request_prompt("xray_report", ["xray"], "发热3天").startswith(f"{IMAGE_TOKEN}\n请为这张胸部X线片")
     assert request_prompt("xray_report", ["xray"], "fever for 3 days").endswith("fever for 3 days")
+    # without clinical text, in the language the model was trained in
+    chinese = CHINESE_WORDS.instructions["xray_report"]
+    assert request_prompt("xray_report", ["xray"], "", "zh") == f"{IMAGE_TOKEN}\n{chinese}"
+    assert request_prompt("xray_report", ["xray"], "fever", "zh").startswith(f"{IMAGE_TOKEN}\nWrite")
+
+
+def test_a_model_trained_on_chinese_knows_it_and_starts_its_slots_at_chinese_words(stores, small_ingest):
+    _, ingested = stores
+    assert split_language(ingested.shards) == "zh" and split_language(small_ingest.shards) == "en"
+    config = model_config_for(TrainSettings(), ingested.manifest, split_language(ingested.shards))
+    assert ModelConfig.from_dict(config.to_dict()).language == "zh"
+    for language in ("zh", "en"):
+        for finding, phrase in zip(FINDING_LABELS, finding_phrases(language), strict=True):
+            assert EXTRACT.findings(phrase) == {finding}, phrase
