@@ -20,16 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2med.platform.data.prompts import task_sample
+from p2med.platform.data.extract import VocabularyExtractor
+from p2med.platform.data.prompts import row_wording, task_sample
 from p2med.platform.data.shards import IMAGE_COLUMNS, TEXT_COLUMNS, image_shapes, split_rows
 from p2med.platform.data.tasks import tasks_for
-from p2med.platform.data.vocabulary import DIAGNOSES, DIAGNOSIS_NAMES
+from p2med.platform.data.vocabulary import DIAGNOSES
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.settings import BenchmarkSettings
 from p2med.platform.storage import Location
 
 UNKNOWN = "unknown"  # the diagnosis of a patient without a record
-_LABELS = {name.lower(): label for label, name in DIAGNOSIS_NAMES.items()}
+_EXTRACTOR = VocabularyExtractor()
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,15 @@ def prompt_rows(
 
 
 def row_diagnosis(row: dict[str, Any]) -> str:
-    """The diagnosis a patient's record states, as a vocabulary label ("unknown" without one)."""
+    """The diagnosis a patient's record states, as a vocabulary label ("unknown" without one),
+    read as the diagnosis task's target states it, in the record's language."""
+    words = row_wording(row)
     for column, section in (("outpatient", "diagnosis"), ("inpatient", "discharge_diagnosis")):
         if row.get(column) is not None:
-            stated = json.loads(row[column]).get(section, "").strip().rstrip(".").lower()
-            if stated in _LABELS:
-                return _LABELS[stated]
+            stated = json.loads(row[column]).get(section, "")
+            label = _EXTRACTOR.diagnosis(f"{words.diagnosis}{words.colon}{stated}")
+            if label is not None:
+                return label
     return UNKNOWN
 
 
