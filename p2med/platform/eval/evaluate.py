@@ -9,7 +9,8 @@ Writes under `out`:
                     per-task scores and the diagnosis confusion matrix; the benchmark's counts
     samples.jsonl   one line per sample and control: id, task, diagnosis, control, prompt,
                     reference, prediction, failed (the reason, or null) and its scores
-    report.html     the same as a self-contained page with tables and charts
+    report.html     the same as a self-contained page with tables, charts and an example
+                    answer of each task
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
         },
     }
     out.join("metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    out.join("samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    out.join("report.html").write_text(html_report(metrics))
+    out.join("samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    out.join("report.html").write_text(html_report(metrics, records))
     print(summary_table(metrics), flush=True)
     print(f"eval: done in {time.monotonic() - started:.0f} s; report at {out.join('report.html').uri}")
     return metrics

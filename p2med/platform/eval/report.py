@@ -1,5 +1,6 @@
 """The evaluation report: a fixed-width summary table for the console and one
-self-contained HTML page (tables, bar charts, the model's diagnosis confusion matrix).
+self-contained HTML page (tables, bar charts, the model's diagnosis confusion matrix, an
+example answer of each task).
 
 Both read the metrics dict the eval job writes to metrics.json:
 `{"model": uri, "benchmark": {"samples", "tasks", "diagnoses"}, "controls": {name: control}}`,
@@ -13,9 +14,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from p2med.platform.data.language import text_language
 from p2med.platform.data.tasks import TASKS
 from p2med.platform.eval.settings import MAJORITY, MODEL, SHUFFLED, TEXT_ONLY
 
@@ -63,9 +65,10 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def html_report(metrics: Mapping[str, Any]) -> str:
+def html_report(metrics: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] = ()) -> str:
     """One self-contained HTML page: charts are embedded PNGs, the CSS is inline, and every
-    text from the metrics is escaped. The same metrics give the same page byte for byte."""
+    text from the metrics and `samples` (lines of samples.jsonl; the model's first answer of
+    each task is shown) is escaped. The same inputs give the same page byte for byte."""
     controls = metrics["controls"]
     parts = [_header(metrics), "<h2>Scores per task</h2>"]
     for name, control in controls.items():
@@ -81,14 +84,19 @@ def html_report(metrics: Mapping[str, Any]) -> str:
         parts.append("<h2>Diagnosis confusion matrix (model)</h2>")
         parts.append(_img(_heatmap(confusion), "diagnosis confusion matrix of the model"))
         parts.append(_confusion_table(confusion))
+    parts += _examples(samples)
     return _PAGE.format(body="\n".join(parts))
 
 
 def _rows(control: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """The control's tasks in TASKS order (unknown ones after), then the overall row."""
-    order = {task: index for index, task in enumerate(TASKS)}
-    tasks = sorted(control["tasks"], key=lambda task: (order.get(task, len(order)), task))
+    tasks = _in_task_order(control["tasks"])
     return [(task, control["tasks"][task]) for task in tasks] + [("overall", control["overall"])]
+
+
+def _in_task_order(tasks: Iterable[str]) -> list[str]:
+    order = {task: index for index, task in enumerate(TASKS)}
+    return sorted(tasks, key=lambda task: (order.get(task, len(order)), task))
 
 
 def _score(value: float | None) -> str:
@@ -184,6 +192,30 @@ def _confusion_labels(confusion: Mapping[str, Any]) -> tuple[list[str], list[str
     return predicted, [label for label in predicted if label != "none"]
 
 
+def _examples(samples: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model's first answer of each task: its prompt, the reference and the answer, each
+    marked with its own language so that a browser picks its glyphs (Chinese or Japanese
+    forms of the same characters)."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for sample in samples:
+        if sample["control"] == MODEL:
+            first.setdefault(sample["task"], sample)
+    if not first:
+        return []
+    parts = ["<h2>Examples (model)</h2>"]
+    for task in _in_task_order(first):
+        sample = first[task]
+        answer = sample["prediction"] if sample["failed"] is None else f"(failed: {sample['failed']})"
+        rows = (("Prompt", sample["prompt"]), ("Reference", sample["reference"]), ("Answer", answer))
+        cells = "".join(f"<tr><th>{name}</th>{_text_cell(text)}</tr>" for name, text in rows)
+        parts.append(f'<h3>{html.escape(task)}</h3><table class="example">{cells}</table>')
+    return parts
+
+
+def _text_cell(text: str) -> str:
+    return f'<td lang="{text_language(text)}">{html.escape(text)}</td>'
+
+
 def _img(data_uri: str, alt: str) -> str:
     return f'<img src="{data_uri}" alt="{html.escape(alt)}">'
 
@@ -270,6 +302,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
 .counts {{ display: flex; align-items: flex-start; }}
 img {{ display: block; max-width: 100%; margin: 0.5em 0 1.5em; }}
+table.example td {{ text-align: left; white-space: pre-wrap; max-width: 60em; }}
+table.example th {{ vertical-align: top; }}
 </style>
 </head>
 <body>

@@ -171,3 +171,32 @@ def test_html_report_model_only() -> None:
     parsed = Tags(page)
     assert sum(tag == "img" for tag, _ in parsed.tags) == 4
     assert "text-only" not in page
+
+
+def sample(task: str, control: str, prediction: str, failed: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"{task}-1",
+        "task": task,
+        "control": control,
+        "prompt": "<image>\n请为这张胸部X线片书写影像报告（影像所见及印象）。",
+        "reference": "影像所见：右肺下叶实变影。",
+        "prediction": prediction,
+        "failed": failed,
+    }
+
+
+def test_html_report_shows_an_example_of_each_task_in_its_own_language() -> None:
+    samples = [
+        sample("xray_report", "text_only", "text-only answer"),
+        sample("xray_report", "model", "影像所见：右肺下叶实变影。<script>alert(1)</script>"),
+        sample("xray_report", "model", "a second answer of the task"),
+        sample("ct_report", "model", "", failed="timeout"),
+    ]
+    page = html_report(metrics("model"), samples)
+    examples = page[page.index("Examples (model)") :]
+    assert examples.index("ct_report") > examples.index("xray_report")  # in TASKS order
+    assert '<td lang="zh">影像所见：右肺下叶实变影。&lt;script&gt;' in examples
+    assert '<td lang="en">(failed: timeout)</td>' in examples
+    assert "<image>" not in examples and "&lt;image&gt;" in examples
+    assert "text-only answer" not in page and "a second answer" not in page
+    assert "Examples" not in html_report(metrics("model"))
