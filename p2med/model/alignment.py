@@ -11,6 +11,11 @@ resampler's region prior (`resampler.region_means`) it teaches lesion location w
 quickstart's budget. The labels are read from the reports by the platform (a vocabulary
 extractor on synthetic data, a clinical labeler on real data); the model only sees a
 multi-hot vector per image.
+
+How much of it a model has is its config's `alignment`: `slots` (the head, and its verdict
+fed to the LLM: `FindingHead`), `head` (the head's loss trains the resampler and the vision
+encoder, but the LLM reads the latents alone: the paper's architecture with an auxiliary
+loss) or `none` (the paper's architecture: `NoAlignment`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ class Verdict(NamedTuple):
     finds the tensors a module returns in tuples, lists and dicts only, and re-gathers
     the module's parameters for the backward pass through them."""
 
-    logits: torch.Tensor  # (P, K)
-    hinted: torch.Tensor  # (P, N + K, D): what the LLM reads for each image
+    logits: torch.Tensor | None  # (P, K); None without a head
+    hinted: torch.Tensor  # (P, N + K, D), (P, N, D) without slots: what the LLM reads for each image
 
 
 class FindingHead(nn.Module):
@@ -56,10 +61,13 @@ class FindingHead(nn.Module):
     reports agree with the head more often and raised the quickstart's findings F1.
     Measurements: docs/performance.md, Model quality."""
 
-    def __init__(self, latents: int, width: int, labels: int) -> None:
+    def __init__(self, latents: int, width: int, labels: int, feeds_llm: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.classify = nn.Linear(latents * width, labels)
+        self.feeds_llm = feeds_llm
+        if not feeds_llm:  # alignment `head`: the LLM reads the latents alone
+            return
         self.hint = nn.Linear(labels, width)
         # one verdict slot per finding after the latents: which finding (identity) and how
         # the report names it (presence), blank where the head does not see it
@@ -71,11 +79,13 @@ class FindingHead(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> Verdict:
         """latents (P, N, D) -> the logits (P, K) and what the LLM reads for each image
-        (P, N + K, D): the latents plus the embedded verdict, then the K verdict slots. The
-        LLM's loss reaches the head through the verdict too (stage 3 tunes it that way).
-        One call for both: under ZeRO-3 the head's own parameters are gathered for its
-        calls only."""
+        (P, N + K, D): the latents plus the embedded verdict, then the K verdict slots (the
+        latents as they are when the head does not feed the LLM). The LLM's loss reaches
+        the head through the verdict too (stage 3 tunes it that way). One call for both:
+        under ZeRO-3 the head's own parameters are gathered for its calls only."""
         logits = self.classify(self.norm(latents).flatten(1))
+        if not self.feeds_llm:
+            return Verdict(logits, latents)
         probs = torch.sigmoid(logits)  # (P, K)
         decided = (probs > 0.5).to(probs.dtype) + probs - probs.detach()  # 0/1, d/dp = 1
         slots = decided[..., None] * (self.identity + self.presence)  # (P, K, D)
@@ -87,11 +97,31 @@ class FindingHead(nn.Module):
         """Start each finding's presence vector at the embedding of the words that name it
         (K, D), so that a slot the head lights up reads like the words the report must
         write; the LLM then has a phrase to copy rather than a code to learn."""
+        if not self.feeds_llm:
+            raise ValueError("this finding head has no verdict slots (alignment `head`)")
         if words.shape != self.presence.shape:
             raise ValueError(
                 f"words must be (labels, width) = {tuple(self.presence.shape)}; got {tuple(words.shape)}"
             )
         self.presence.copy_(words.to(self.presence.dtype))
+
+
+class NoAlignment(nn.Module):
+    """Alignment `none`: the LLM reads the resampled latents as they are, with no finding
+    head, so there is no finding loss; the resampler (and a vision encoder trained from
+    scratch) learn through the language-model loss alone, as in the paper."""
+
+    def forward(self, latents: torch.Tensor) -> Verdict:
+        return Verdict(None, latents)
+
+
+def alignment_module(kind: str, latents: int, width: int, labels: int) -> nn.Module:
+    """The module of alignment `kind` for N `latents` of `width` D and K finding `labels`."""
+    if kind == "none":
+        return NoAlignment()
+    if kind in ("head", "slots"):
+        return FindingHead(latents, width, labels, feeds_llm=kind == "slots")
+    raise ValueError(f"alignment must be none, head or slots; got {kind!r}")
 
 
 def finding_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ Layout:
 
     p2med_config.json         ModelConfig; written last, so a folder without it is incomplete
     resampler.safetensors     perceiver resampler and projection
-    alignment.safetensors     the finding head (trained in stages 2 and 3; its hint feeds the LLM)
+    alignment.safetensors     the finding head (trained in stages 2 and 3; with alignment `slots`
+                              its verdict feeds the LLM; empty with alignment `none`)
     vision.safetensors        vision encoder (CLIP weights only when not a pretrained, untrained CLIP)
     llm/                      the LLaMA base (config.json, model.safetensors) when it is not a
                               pretrained, untrained one (tiny always; paper once merged)

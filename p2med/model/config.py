@@ -102,6 +102,9 @@ class ModelConfig:
     """K, the outputs of the finding head: the platform's label space (its vocabulary)."""
     trained: tuple[str, ...] = ()
     """Parts trained so far (`stages`): decides which weights a checkpoint must hold."""
+    alignment: str = "slots"
+    """How the finding head takes part (`alignment.py`): `slots` (its verdict fed to the
+    LLM), `head` (an auxiliary loss only: the paper's architecture) or `none` (no head)."""
     language: str = "en"
     """What most of its training text is written in ("en" / "zh"): stage 2's verdict slots
     start at the findings' words in it, and a served request whose own text does not say

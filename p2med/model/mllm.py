@@ -16,7 +16,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.utils import ModelOutput
 
-from p2med.model.alignment import FindingHead, finding_loss
+from p2med.model.alignment import alignment_module, finding_loss
 from p2med.model.config import ModelConfig
 from p2med.model.interleave import (
     IGNORE_INDEX,
@@ -41,8 +41,9 @@ class P2MedOutput(ModelOutput):
 
 class P2MedModel(nn.Module):
     """The whole model. `llm` is a peft model with LoRA, or a plain LLaMA once merged;
-    `alignment` is the finding head: the direct vision signal of stages 2 and 3, and the
-    verdict every image's latents carry to the LLM."""
+    `alignment` is what the config's `alignment` calls for: the finding head, the direct
+    vision signal of stages 2 and 3 (with `slots`, also the verdict every image's latents
+    carry to the LLM), or nothing between the resampler and the LLM (`none`)."""
 
     def __init__(
         self,
@@ -57,7 +58,9 @@ class P2MedModel(nn.Module):
         self.vision = vision
         self.resampler = resampler
         self.llm = llm
-        self.alignment = FindingHead(config.resampler.latents, llm.config.hidden_size, config.finding_labels)
+        self.alignment = alignment_module(
+            config.alignment, config.resampler.latents, llm.config.hidden_size, config.finding_labels
+        )
         self.image_token_id = image_token_id
         # where the model is and in what dtype, read without touching a parameter (under
         # ZeRO-3 a parameter outside its module's call is an empty partition)
@@ -73,8 +76,10 @@ class P2MedModel(nn.Module):
 
     @property
     def image_slots(self) -> int:
-        """Positions one image takes in the LLM's input: N latents and K verdict slots."""
-        return self.config.resampler.latents + self.config.finding_labels
+        """Positions one image takes in the LLM's input: N latents, and K verdict slots with
+        alignment `slots`."""
+        slots = self.config.finding_labels if self.config.alignment == "slots" else 0
+        return self.config.resampler.latents + slots
 
     @torch.no_grad()
     def ground_verdict_slots(self, phrases: list[str], tokenizer: Any) -> None:
@@ -264,6 +269,8 @@ class P2MedModel(nn.Module):
         alone, without running the LLM (stage 2's vision steps)."""
         if not read_text and findings is None:
             raise ValueError("read_text=False computes the finding loss only, so it needs findings")
+        if findings is not None and not self.has_finding_head:
+            raise ValueError("this model has no finding head (alignment none), so no finding loss")
         verdict = self.alignment(self._resampled(self._checked(input_ids, attention_mask, images)))
         if not read_text:
             # the weights only the LLM's loss trains (hint, slots) still get a (zero) gradient
@@ -313,6 +320,10 @@ class P2MedModel(nn.Module):
                 f"({len(logits)}, {self.config.finding_labels}); got {tuple(findings.shape)}"
             )
         return finding_loss(logits, findings)
+
+    @property
+    def has_finding_head(self) -> bool:
+        return self.config.alignment != "none"
 
     @property
     def device(self) -> torch.device:

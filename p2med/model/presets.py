@@ -79,6 +79,7 @@ def paper_config(llm: str, vision: str) -> ModelConfig:
         resampler=PAPER_RESAMPLER,
         llm=dataclasses.replace(LLAMA_2_7B, pretrained=llm, lora=LoraConfig(rank=16, alpha=32, dropout=0.05)),
         dtype="bfloat16",
+        alignment="head",  # the paper's architecture: the LLM reads the latents alone
     )
 
 

@@ -3,9 +3,11 @@
 1. Medical text: LoRA of the LLM. A randomly initialised LLM (`tiny`) also trains its
    base weights: LoRA on a random base has far too little capacity.
 2. Image-text alignment: the perceiver resampler and its projection, and the finding head
-   (`alignment`); the vision encoder too when it is not pretrained. The LLM is frozen.
-3. Instruction tuning: LoRA, the resampler and the finding head, whose verdict the LLM
-   reads and which keeps its own finding loss (and, for a random-init LLM, its base).
+   (`alignment`, where the model has one); the vision encoder too when it is not
+   pretrained. The LLM is frozen.
+3. Instruction tuning: LoRA, the resampler and the finding head, which keeps its own
+   finding loss and whose verdict the LLM reads with alignment `slots` (and, for a
+   random-init LLM, its base).
 """
 
 from __future__ import annotations

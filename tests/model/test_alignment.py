@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from p2med.model.alignment import FindingHead, finding_loss
+from p2med.model.checkpoint import load_model, save_model
 from p2med.model.interleave import IGNORE_INDEX, Images
+from p2med.model.presets import build_model, tiny_config
 from tests.model.conftest import right_padded, xrays
 
 
@@ -129,3 +131,29 @@ def test_a_lit_slot_starts_as_the_words_of_its_finding(model, tokenizer):
     torch.testing.assert_close(model.alignment.presence[0], first)
     with pytest.raises(ValueError, match="one phrase per finding label"):
         model.ground_verdict_slots(phrases[:-1], tokenizer)
+
+
+@pytest.mark.parametrize("alignment", ["head", "none"])
+def test_without_slots_the_llm_reads_the_latents_alone(tokenizer, tmp_path, alignment):
+    """`head` keeps the finding loss but feeds the LLM nothing of it; `none` has no head (the
+    paper's architecture). Each saves and loads as what it is."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config().replace(alignment=alignment), tokenizer).eval()
+    assert model.image_slots == model.config.resampler.latents
+    ids, mask = right_padded(tokenizer, ["<image>\nReport."])
+    images = Images([["xray"]], xray=xrays(1))
+    findings = torch.zeros(1, model.config.finding_labels)
+    latents = model._resampled(images)
+    torch.testing.assert_close(model.encode_images(images), latents)  # nothing added to them
+    if alignment == "head":
+        assert model(ids, mask, images=images, findings=findings, read_text=False).finding_loss > 0
+        with pytest.raises(ValueError, match="no verdict slots"):
+            model.ground_verdict_slots(["words"] * model.config.finding_labels, tokenizer)
+    else:
+        assert not list(model.alignment.parameters())
+        with pytest.raises(ValueError, match="no finding head"):
+            model(ids, mask, images=images, findings=findings)
+    save_model(model, tokenizer, str(tmp_path / "m"))
+    loaded, _ = load_model(str(tmp_path / "m"))
+    assert loaded.config.alignment == alignment
+    torch.testing.assert_close(loaded.encode_images(images), model.encode_images(images))

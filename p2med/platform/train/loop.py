@@ -79,6 +79,8 @@ def train_loop(config: dict[str, Any]) -> None:
     model.use_attention(settings.model.attention)
     model.same_calls_on_every_rank = settings.deepspeed.zero_stage == 3
     plan = apply_stage(model, work.stage)
+    # a model without a finding head (alignment none) learns from the language-model loss alone
+    alignment_weight = settings.optimizer.alignment_weight if model.has_finding_head else 0.0
     if settings.model.checkpoints_activations:
         model.enable_gradient_checkpointing()
     if rank == 0:
@@ -128,7 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
             engine,
             batch,
             work.stage,
-            settings.optimizer.alignment_weight,
+            alignment_weight,
             vision_only,
             stage_settings.micro_batches,
         )
@@ -155,7 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if step % settings.checkpoint.every_steps == 0 or step == total:
             if val_batches is None:
                 val_batches = validation_batches(ray.train.get_dataset_shard("val"), work, device)
-            val_loss = validate(engine, val_batches, work)
+            val_loss = validate(engine, val_batches, work, alignment_weight)
             if tracker is not None:
                 tracker.validation(step, val_loss)
             state = {
@@ -188,12 +190,14 @@ def validation_batches(data: Any, work: StageWork, device: torch.device) -> list
 
 
 @torch.no_grad()
-def validate(engine: Any, batches: list[dict[str, torch.Tensor]], work: StageWork) -> float:
+def validate(
+    engine: Any, batches: list[dict[str, torch.Tensor]], work: StageWork, alignment_weight: float
+) -> float:
     """Mean loss over the validation batches; NaN when the split is empty."""
     engine.eval()
     total, count = 0.0, 0
     for batch in batches:
-        loss = stage_loss(engine, batch, work.stage, work.settings.optimizer.alignment_weight)
+        loss = stage_loss(engine, batch, work.stage, alignment_weight)
         total += float(loss) * len(batch[INPUT_IDS])
         count += len(batch[INPUT_IDS])
     engine.train()
@@ -209,7 +213,8 @@ def _initial_model(work: StageWork, device: torch.device) -> Any:
         fs = resolve(remote[0], work.storage).fs if remote else None  # one S3 setting for all bases
         return build_model(config, work.tokenizer, fs, device=device)
     model, _ = load_model(work.init_model, fs=resolve(work.init_model, work.storage).fs, device=device)
-    if work.stage == 2:  # the slots' first stage (a resumed run then loads its own weights)
+    # stage 2 is the slots' first stage (a resumed run then loads its own weights)
+    if work.stage == 2 and model.config.alignment == "slots":
         model.ground_verdict_slots(finding_phrases(model.config.language), work.tokenizer)
     return model.train()
 

@@ -147,6 +147,10 @@ class ModelSettings(Settings):
     """Tokenizer folder; unset: `tiny` trains a BPE on the shards' train split, `paper` uses the LLaMA's."""
     vocab_size: int = Field(4096, ge=512)
     """Size of the BPE that `tiny` trains."""
+    alignment: Literal["none", "head", "slots"] | None = None
+    """The finding head's part (`p2med.model.alignment`): `slots` (its verdict fed to the
+    LLM), `head` (an auxiliary loss on the latents only) or `none` (no head: the paper's
+    architecture); unset: `slots` for `tiny`, `head` for `paper`."""
     gradient_checkpointing: bool | None = None
     """Recompute each LLM and CLIP layer's activations in the backward pass instead of
     keeping them (less memory, about a third more compute); unset: on for `paper`, off for
@@ -195,3 +199,12 @@ class TrainSettings(Settings):
     tracking: TrackingSettings = TrackingSettings()
     seed: int = 0
     """Seeds the initial weights, data mixing and shuffling."""
+
+    @model_validator(mode="after")
+    def _vision_steps_need_a_head(self) -> TrainSettings:
+        if self.model.alignment == "none" and self.stages.stage2.vision_steps:
+            raise ValueError(
+                "model.alignment=none has no finding head, so stage 2 has no vision steps: "
+                "set stages.stage2.vision_steps=0"
+            )
+        return self

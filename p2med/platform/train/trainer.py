@@ -272,7 +272,8 @@ def model_config_for(settings: TrainSettings, manifest: dict, language: Language
     imaging = manifest["imaging"]
     sizes = {key: imaging[key] for key in ("xray_size", "ct_slices", "ct_size")}
     vision = dataclasses.replace(config.vision, **sizes)
-    return config.replace(vision=vision, finding_labels=len(FINDING_LABELS), language=language)
+    config = config.replace(vision=vision, finding_labels=len(FINDING_LABELS), language=language)
+    return config.replace(alignment=model.alignment) if model.alignment else config
 
 
 def _wait_for_resources(scaling: ScalingSettings) -> None:

@@ -18,6 +18,15 @@ def test_vision_steps_must_leave_steps_for_alignment():
         load_config(TrainSettings, None, ["stages.stage2.steps=300", "stages.stage2.vision_steps=300"])
 
 
+def test_a_model_without_finding_head_has_no_vision_steps():
+    none = ["model.alignment=none", "stages.stage2.vision_steps=0"]
+    assert load_config(TrainSettings, None, none).model.alignment == "none"
+    with pytest.raises(ConfigError, match=r"alignment=none has no finding head.*vision_steps=0"):
+        load_config(TrainSettings, None, ["model.alignment=none", "stages.stage2.vision_steps=10"])
+    with pytest.raises(ConfigError, match=r"model.alignment"):
+        load_config(TrainSettings, None, ["model.alignment=verdicts"])
+
+
 def test_only_stage_2_has_vision_steps():
     with pytest.raises(ConfigError, match=r"stages.stage3.vision_steps"):
         load_config(TrainSettings, None, ["stages.stage3.vision_steps=10"])
