@@ -1,6 +1,7 @@
 """Evaluate a trained model on the six-task benchmark: scores, controls and an HTML report.
 
 p2med eval model=runs/train/stage3/model shards=data/shards out=runs/eval
+p2med eval model=runs/train/stage3/model shards=data/shards out=runs/eval-test split=test
 p2med eval --config eval/default.yaml model=s3://bucket/runs/r1/stage3/model shards=s3://bucket/shards out=s3://bucket/runs/r1/eval
 """
 
@@ -16,7 +17,7 @@ class JobSettings(EvalSettings):
     model: str = "runs/train/stage3/model"
     """The model folder to evaluate (a stage's `model/`): a local path, file:// or s3:// URI."""
     shards: str = "data/shards"
-    """The ingest whose bench split makes the benchmark."""
+    """The ingest whose `split` (dev or test) makes the benchmark."""
     out: str = "runs/eval"
     """Where metrics.json, samples.jsonl and report.html go."""
     storage: StorageSettings = StorageSettings()
@@ -30,6 +31,6 @@ def run(config: JobSettings) -> dict[str, Any]:
 
     model, shards = resolve(config.model, config.storage), resolve(config.shards, config.storage)
     out = resolve(config.out, config.storage)
-    print(f"eval: {model.uri} on the bench split of {shards.uri} -> {out.uri}")
+    print(f"eval: {model.uri} on the {config.split} split of {shards.uri} -> {out.uri}")
     settings = EvalSettings.model_validate(config.model_dump(exclude={"model", "shards", "out", "storage"}))
     return evaluate(model, shards, out, settings)

@@ -33,7 +33,7 @@ RAW = SynthSettings(patients=16, ct_fraction=0.5, xray_size=96, ct_slices=10, ct
 INGEST = IngestSettings(
     imaging=ImagingSettings(xray_size=64, ct_slices=8, ct_size=32),
     deid=DeidSettings(key="quick-lane-key"),
-    split=SplitSettings(val_fraction=0.2, bench_fraction=0.4),  # every split holds patients
+    split=SplitSettings(val_fraction=0.2, dev_fraction=0.3, test_fraction=0.1),  # every split holds patients
 )
 
 

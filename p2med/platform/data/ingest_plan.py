@@ -23,7 +23,7 @@ from p2med.platform.data.quarantine import Quarantined, Reason
 from p2med.platform.data.raw_store import REPORTS_FILE, DicomHeader
 from p2med.platform.data.shards import PATIENT_COLUMNS, TEXT_COLUMNS
 
-SPLITS = ("train", "val", "bench")
+SPLITS = ("train", "val", "dev", "test")
 # A work item: the shard columns it already knows, and where its images are. Every item has
 # every key, so that the decode pass's blocks share one schema.
 ITEM_KEYS = ("orphan", *PATIENT_COLUMNS, "xray_path", "ct_paths", "ct_folder", *TEXT_COLUMNS)
@@ -31,25 +31,30 @@ REPORT_SECTIONS = ("clinical_history", "findings", "impression")
 
 
 class SplitSettings(Settings):
-    """Patient-level split: every sample of a patient lands in the same split."""
+    """Patient-level split: every sample of a patient lands in the same split. `dev` is the
+    benchmark everything is tuned on; `test` is scored only when asked for (`p2med eval
+    split=test`, the quickstart's final line), so that its scores were never chosen on."""
 
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    """Share of patients held out for validation during training."""
-    bench_fraction: float = Field(0.2, ge=0, lt=1)
-    """Share of patients held out for the benchmark (evaluation)."""
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of patients held out for the validation loss during training."""
+    dev_fraction: float = Field(0.15, ge=0, lt=1)
+    """Share of patients held out for the benchmark that settings are tuned on."""
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    """Share of patients held out for the final, untuned benchmark."""
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitSettings:
-        if self.val_fraction + self.bench_fraction >= 1:
-            raise ValueError("val_fraction + bench_fraction must leave patients for training")
+        if self.val_fraction + self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + dev_fraction + test_fraction must leave patients for training")
         return self
 
     def assign(self, fraction: float) -> str:
         """The split of a patient whose keyed hash maps to `fraction` in [0, 1)."""
-        if fraction < self.bench_fraction:
-            return "bench"
-        if fraction < self.bench_fraction + self.val_fraction:
-            return "val"
+        shares = (("test", self.test_fraction), ("dev", self.dev_fraction), ("val", self.val_fraction))
+        for split, share in shares:
+            if fraction < share:
+                return split
+            fraction -= share
         return "train"
 
 

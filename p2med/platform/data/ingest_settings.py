@@ -21,7 +21,7 @@ class IngestSettings(Settings):
     deid: DeidSettings = DeidSettings()
     """De-identification key."""
     split: SplitSettings = SplitSettings()
-    """Patient-level train / val / bench split."""
+    """Patient-level train / val / dev / test split."""
     shard_target_mb: float = Field(64.0, gt=0)
     """Target size of one Parquet shard in MB (before compression)."""
     blocks_per_cpu: int = Field(4, ge=1)

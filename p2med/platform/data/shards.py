@@ -31,14 +31,14 @@ from p2med.platform.errors import P2MedError
 from p2med.platform.storage import Location
 
 KIND = "p2med-shards"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: splits train / val / dev / test (1 had one benchmark split, bench)
 MANIFEST = "manifest.json"
 LOCK = "ingest.lock"
 DATA_PREFIX = "data-"
 
 _PATIENT_FIELDS = [
     pa.field("patient", pa.string(), nullable=False),  # keyed pseudonym
-    pa.field("split", pa.string(), nullable=False),  # train / val / bench
+    pa.field("split", pa.string(), nullable=False),  # train / val / dev / test
     pa.field("sex", pa.string()),  # M / F / "" (unknown)
     pa.field("age_years", pa.float32()),
 ]

@@ -1,7 +1,7 @@
-"""The benchmark: P2Med-MBench-style samples from the `bench` split of an ingest.
+"""The benchmark: P2Med-MBench-style samples from the `dev` or `test` split of an ingest.
 
     shards = resolve("s3://bucket/shards")
-    bench = build_benchmark(shards, read_manifest(shards), BenchmarkSettings())
+    bench = build_benchmark(shards, read_manifest(shards), BenchmarkSettings(), "dev")
 
 642 samples by default (the paper's size) over the six tasks: an equal share per task,
 and within a task as even a mix of diagnoses as the split allows (round robin over the
@@ -63,18 +63,20 @@ class Benchmark:
         }
 
 
-def build_benchmark(shards: Location, manifest: dict[str, Any], config: BenchmarkSettings) -> Benchmark:
-    """The benchmark of `config` from the bench split of the ingest at `shards` (`manifest`:
+def build_benchmark(
+    shards: Location, manifest: dict[str, Any], config: BenchmarkSettings, split: str
+) -> Benchmark:
+    """The benchmark of `config` from the `split` of the ingest at `shards` (`manifest`:
     its manifest, `shards.read_manifest`).
 
     Raises:
-        P2MedError: the bench split holds no patients.
+        P2MedError: the split holds no patients.
     """
     candidates: dict[str, dict[str, list[tuple[bytes, BenchSample]]]] = {
         task: collections.defaultdict(list) for task in config.tasks
     }
     patients = 0
-    for row in prompt_rows(shards, manifest):
+    for row in prompt_rows(shards, manifest, split):
         patients += 1
         diagnosis = row_diagnosis(row)
         for task in tasks_for(row):
@@ -83,8 +85,8 @@ def build_benchmark(shards: Location, manifest: dict[str, Any], config: Benchmar
                 candidates[task][diagnosis].append((key.digest(), _bench_sample(row, task, diagnosis)))
     if patients == 0:
         raise P2MedError(
-            f"the bench split of {shards.uri} holds no patients: ingest with split.bench_fraction above 0 "
-            "(and enough patients that some land in it)"
+            f"the {split} split of {shards.uri} holds no patients: ingest with "
+            f"split.{split}_fraction above 0 (and enough patients that some land in it)"
         )
     samples, shortfall = [], {}
     for i, task in enumerate(config.tasks):
@@ -97,7 +99,7 @@ def build_benchmark(shards: Location, manifest: dict[str, Any], config: Benchmar
 
 
 def prompt_rows(
-    shards: Location, manifest: dict[str, Any], split: str = "bench", pixels: bool = True
+    shards: Location, manifest: dict[str, Any], split: str, pixels: bool = True
 ) -> Iterator[dict[str, Any]]:
     """The rows (dicts) of one split, shard by shard. Without `pixels`, the image columns
     hold b"" for an image that is there (the ingest keeps an image exactly when its report

@@ -38,20 +38,24 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
 
     Raises:
         P2MedError: a missing or incomplete model folder, missing shards, or an empty
-            bench split.
+            benchmark split.
     """
     try:
-        check_model_folder(model.uri, model.fs)
+        config = check_model_folder(model.uri, model.fs)
     except FileNotFoundError as exc:
         raise P2MedError(f"cannot evaluate: {exc}") from None
     started = time.monotonic()
     manifest = read_manifest(shards)
-    bench = build_benchmark(shards, manifest, settings.benchmark)
+    bench = build_benchmark(shards, manifest, settings.benchmark, settings.split)
     counts = bench.counts()
-    print(f"eval: benchmark of {counts['samples']} samples: {_listing(counts['tasks'])}", flush=True)
+    print(
+        f"eval: benchmark of {counts['samples']} samples of the {settings.split} split: "
+        f"{_listing(counts['tasks'])}",
+        flush=True,
+    )
     if bench.shortfall:
         print(
-            f"eval: the bench split is too small for an even share of every task; short by "
+            f"eval: the {settings.split} split is too small for an even share of every task; short by "
             f"{_listing(bench.shortfall)} (ingest more patients for the full benchmark)",
             flush=True,
         )
@@ -64,6 +68,8 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
     ]
     metrics = {
         "model": model.uri,
+        "variant": {"preset": config.preset, "alignment": config.alignment},
+        "split": settings.split,
         "benchmark": counts,
         "controls": {
             control: summarize([r for r in records if r["control"] == control]) for control in answers

@@ -3,7 +3,8 @@ self-contained HTML page (tables, bar charts, the model's diagnosis confusion ma
 example answer of each task).
 
 Both read the metrics dict the eval job writes to metrics.json:
-`{"model": uri, "benchmark": {"samples", "tasks", "diagnoses"}, "controls": {name: control}}`,
+`{"model": uri, "variant": {"preset", "alignment"}, "split", "benchmark": {"samples",
+"tasks", "diagnoses"}, "controls": {name: control}}`,
 where a control is `{"overall": metrics, "tasks": {task: metrics}, "confusion": {...}}` and
 a metric of None does not apply to that task. The controls (text only, shuffled images,
 majority class) sit next to the model so a reader sees how much the images matter.
@@ -53,7 +54,8 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     model = metrics["controls"]["model"]
     header = [key for _, key, _ in SCORES] + ["samples", "failed"]
     lines = [
-        f"model {metrics['model']}, {metrics['benchmark']['samples']} benchmark samples",
+        f"model {metrics['model']}{_variant(metrics)}, {metrics['benchmark']['samples']} benchmark "
+        f"samples of the {metrics['split']} split",
         "",
         _line("task", header),
     ]
@@ -136,6 +138,11 @@ def _metric(control: Mapping[str, Any], row: str, key: str) -> float | None:
     return scores.get(key)
 
 
+def _variant(metrics: Mapping[str, Any]) -> str:
+    """Which kind of model it is, e.g. " (tiny, alignment slots)"."""
+    return f" ({metrics['variant']['preset']}, alignment {metrics['variant']['alignment']})"
+
+
 def _label(control: str) -> str:
     return CONTROL_LABELS.get(control, (control, ""))[0]
 
@@ -153,8 +160,8 @@ def _header(metrics: Mapping[str, Any]) -> str:
     )
     return (
         "<h1>Evaluation report</h1>"
-        f"<p>Model: <code>{html.escape(str(metrics['model']))}</code><br>"
-        f"Benchmark: {int(benchmark['samples'])} samples</p>"
+        f"<p>Model: <code>{html.escape(str(metrics['model']))}</code>{html.escape(_variant(metrics))}<br>"
+        f"Benchmark: {int(benchmark['samples'])} samples of the {html.escape(metrics['split'])} split</p>"
         f'<div class="counts">{_counts_table("Task", benchmark.get("tasks", {}))}'
         f"{_counts_table('Diagnosis', benchmark.get('diagnoses', {}))}</div>"
         f"<ul>{legend}</ul>"

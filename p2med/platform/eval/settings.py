@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from p2med.platform.config import Settings
@@ -47,6 +49,9 @@ class InferenceSettings(Settings):
 
 
 class EvalSettings(Settings):
+    split: Literal["dev", "test"] = "dev"
+    """The ingest's split the benchmark is drawn from: `dev`, the one settings are tuned on,
+    or `test`, scored once a model is chosen."""
     benchmark: BenchmarkSettings = BenchmarkSettings()
     """Which samples (size, tasks, seed)."""
     inference: InferenceSettings = InferenceSettings()

@@ -60,7 +60,7 @@ def test_rows_are_complete_patients(ingested):
     rows = shard_rows(shards)
     assert len(rows) == summary.patients == RAW.patients  # every good patient, no fault patient
     for row in rows:
-        assert row["split"] in ("train", "val", "bench") and row["patient"].startswith("patient-")
+        assert row["split"] in ("train", "val", "dev", "test") and row["patient"].startswith("patient-")
         assert len(row["xray"]) == 2 * 64 * 64  # float16 (S, S)
         assert row["ct"] is None or len(row["ct"]) == 2 * 8 * 32 * 32
         assert (row["ct"] is None) == (row["ct_report"] is None)

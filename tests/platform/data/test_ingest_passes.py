@@ -16,6 +16,7 @@ from p2med.platform.data.ingest_plan import SPLITS
 from p2med.platform.data.shards import (
     IMAGE_COLUMNS,
     MANIFEST,
+    SCHEMA_VERSION,
     SHARD_SCHEMA,
     decode_pixels,
     image_shapes,
@@ -88,7 +89,7 @@ def test_readers_refuse_shards_they_cannot_read(small_ingest, tmp_path):
     manifest_file = copy.join(MANIFEST)
     for change, message in [
         ({"kind": "something-else"}, "is not a P2Med shards manifest"),
-        ({"schema_version": 99}, "schema version 99; this version of p2med reads version 1"),
+        ({"schema_version": 99}, f"schema version 99; this version of p2med reads version {SCHEMA_VERSION}"),
         ({"shards": []}, "wrote no shards"),
     ]:
         manifest_file.write_text(json.dumps(small_ingest.manifest | change))

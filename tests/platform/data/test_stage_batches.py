@@ -74,7 +74,7 @@ def test_the_tokenizer_corpus_is_the_train_splits_texts_and_their_instructions(s
     texts = list(corpus(small_ingest.shards))
     manifest = small_ingest.manifest
     train = list(split_rows(small_ingest.shards, manifest, "train", SHARD_SCHEMA.names))
-    bench = list(split_rows(small_ingest.shards, manifest, "bench", SHARD_SCHEMA.names))
+    bench = list(split_rows(small_ingest.shards, manifest, "dev", SHARD_SCHEMA.names))
     assert set(texts) >= {text for row in train for text in row_texts(row)}
     assert not {text for row in bench for text in row_texts(row)} & set(texts)
     assert texts.count(INSTRUCTIONS["xray_report"]) == sum("xray_report" in tasks_for(r) for r in train)
@@ -85,8 +85,8 @@ def test_bad_arguments_are_refused_before_any_ray_task(small_ingest, small_token
     config = StageDataSettings(tokenizer=small_tokenizer_dir)
     with pytest.raises(P2MedError, match="stage 4 does not exist"):
         stage_dataset(shards, 4, "train", config)
-    with pytest.raises(P2MedError, match="split 'test' does not exist"):
-        stage_dataset(shards, 3, "test", config)
+    with pytest.raises(P2MedError, match="split 'bench' does not exist"):
+        stage_dataset(shards, 3, "bench", config)
     no_tasks = config.model_copy(update={"task_weights": TaskWeights(**dict.fromkeys(TASKS, 0.0))})
     with pytest.raises(P2MedError, match="every stage-3 task weight is 0"):
         stage_dataset(shards, 3, "train", no_tasks)

@@ -266,8 +266,8 @@ def test_copies_semantics():
 
 
 def test_bench_split_holds_only_bench_patients(shards, tokenizer_dir, tok):
-    found = stream_pairs(batches(stage_dataset(shards, 3, "bench", config(tokenizer_dir))))
-    assert found and found == expected_pairs(shard_rows(shards, "bench"), 3, tok)
+    found = stream_pairs(batches(stage_dataset(shards, 3, "dev", config(tokenizer_dir))))
+    assert found and found == expected_pairs(shard_rows(shards, "dev"), 3, tok)
     # report prompts are the image and the instruction alone, so a normal report's text
     # recurs across patients: the patient shows in the record tasks' prompts
     reports = ("xray_report", "ct_report")
@@ -295,7 +295,7 @@ def test_corpus_covers_the_split_and_the_instructions(local_shards):
         json.loads(r["outpatient"])["history"] for r in shard_rows(local_shards, "train") if r["outpatient"]
     }
     bench = {
-        json.loads(r["outpatient"])["history"] for r in shard_rows(local_shards, "bench") if r["outpatient"]
+        json.loads(r["outpatient"])["history"] for r in shard_rows(local_shards, "dev") if r["outpatient"]
     }
     joined = "\n".join(texts)
     assert all(h in joined for h in train) and not any(h in joined for h in bench)

@@ -23,11 +23,11 @@ def rows(small_ingest, split: str) -> dict[str, dict]:
     return {row["patient"]: row for row in found}
 
 
-def test_the_benchmark_is_drawn_from_the_bench_split_the_same_every_time(small_ingest):
+def test_the_benchmark_is_drawn_from_its_split_the_same_every_time(small_ingest):
     config = BenchmarkSettings(samples=SAMPLES)
-    bench = build_benchmark(small_ingest.shards, small_ingest.manifest, config)
-    assert bench.samples == build_benchmark(small_ingest.shards, small_ingest.manifest, config).samples
-    patients = rows(small_ingest, "bench")
+    bench = build_benchmark(small_ingest.shards, small_ingest.manifest, config, "dev")
+    assert bench.samples == build_benchmark(small_ingest.shards, small_ingest.manifest, config, "dev").samples
+    patients = rows(small_ingest, "dev")
     for sample in bench.samples:
         patient, task = sample.id.split("/")
         row = patients[patient]
@@ -47,7 +47,7 @@ def test_the_benchmark_is_drawn_from_the_bench_split_the_same_every_time(small_i
 
 def test_the_image_controls_remove_or_swap_images_within_a_group(small_ingest):
     samples = build_benchmark(
-        small_ingest.shards, small_ingest.manifest, BenchmarkSettings(samples=SAMPLES)
+        small_ingest.shards, small_ingest.manifest, BenchmarkSettings(samples=SAMPLES), "dev"
     ).samples
     with_images = [s for s in samples if s.images]
     assert with_images

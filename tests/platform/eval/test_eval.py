@@ -44,10 +44,10 @@ QUICK = EvalSettings(
 )
 
 
-def ingested(root: Path, bench_fraction: float = 0.3) -> Path:
+def ingested(root: Path, dev_fraction: float = 0.3) -> Path:
     synthesize(RAW, resolve(str(root / "raw")), progress=False)
     config = IngestSettings(
-        imaging=IMAGING, deid=DeidSettings(key="k"), split=SplitSettings(bench_fraction=bench_fraction)
+        imaging=IMAGING, deid=DeidSettings(key="k"), split=SplitSettings(dev_fraction=dev_fraction)
     )
     ingest(resolve(str(root / "raw")), resolve(str(root / "shards")), config)
     return root / "shards"
@@ -71,13 +71,13 @@ def model_dir(shards, tmp_path_factory) -> Path:
 def test_the_benchmark_is_deterministic_and_balanced(shards):
     at = resolve(str(shards))
     manifest = read_manifest(at)
-    first = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
-    again = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
-    other_seed = build_benchmark(at, manifest, BenchmarkSettings(samples=60, seed=1))
+    first = build_benchmark(at, manifest, BenchmarkSettings(samples=60), "dev")
+    again = build_benchmark(at, manifest, BenchmarkSettings(samples=60), "dev")
+    other_seed = build_benchmark(at, manifest, BenchmarkSettings(samples=60, seed=1), "dev")
 
     assert [s.id for s in first.samples] == [s.id for s in again.samples]
     assert [s.id for s in first.samples] != [s.id for s in other_seed.samples]
-    everything = build_benchmark(at, manifest, BenchmarkSettings(samples=100_000))  # every candidate
+    everything = build_benchmark(at, manifest, BenchmarkSettings(samples=100_000), "dev")  # every candidate
     available = collections.Counter((s.task, s.diagnosis) for s in everything.samples)
     per_task = collections.Counter(s.task for s in first.samples)
     assert set(per_task) == set(TASKS)
@@ -96,7 +96,7 @@ def test_the_benchmark_is_deterministic_and_balanced(shards):
 def test_controls_remove_or_swap_the_images_and_majority_needs_no_model(shards):
     at = resolve(str(shards))
     manifest = read_manifest(at)
-    bench = build_benchmark(at, manifest, BenchmarkSettings(samples=60))
+    bench = build_benchmark(at, manifest, BenchmarkSettings(samples=60), "dev")
     shown = [s for s in bench.samples if s.images]
 
     blind = [text_only(s) for s in shown]
@@ -153,7 +153,7 @@ def test_a_sample_that_cannot_be_generated_is_recorded_and_the_run_goes_on(shard
     for path in copy.rglob("*.parquet"):
         rows = pq.read_table(path).to_pylist()
         for row in rows:
-            if row["split"] == "bench" and row["outpatient"] is not None:
+            if row["split"] == "dev" and row["outpatient"] is not None:
                 record = json.loads(row["outpatient"])
                 row["outpatient"] = json.dumps(record | {"history": long_history})
                 break
@@ -186,7 +186,7 @@ def test_bad_inputs_are_refused_with_a_clear_error(shards, model_dir, tmp_path):
     with pytest.raises(P2MedError, match="no model folder"):
         evaluate(resolve(str(tmp_path / "none")), resolve(str(shards)), resolve(str(tmp_path / "e2")), QUICK)
 
-    no_bench = ingested(tmp_path / "no-bench", bench_fraction=0.0)
-    with pytest.raises(P2MedError, match=r"bench split .* holds no patients"):
-        evaluate(resolve(str(model_dir)), resolve(str(no_bench)), resolve(str(tmp_path / "e3")), QUICK)
+    no_dev = ingested(tmp_path / "no-dev", dev_fraction=0.0)
+    with pytest.raises(P2MedError, match=r"dev split .* holds no patients"):
+        evaluate(resolve(str(model_dir)), resolve(str(no_dev)), resolve(str(tmp_path / "e3")), QUICK)
     assert not (tmp_path / "e3").exists()  # nothing written for a run that could not start

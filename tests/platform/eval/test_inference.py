@@ -25,7 +25,7 @@ def predictor(small_ingest, small_model_dir) -> Predictor:
 
 @pytest.fixture(scope="module")
 def samples(small_ingest):
-    bench = build_benchmark(small_ingest.shards, small_ingest.manifest, BenchmarkSettings(samples=6))
+    bench = build_benchmark(small_ingest.shards, small_ingest.manifest, BenchmarkSettings(samples=6), "dev")
     assert any(s.images for s in bench.samples) and any(not s.images for s in bench.samples)
     return bench.samples
 

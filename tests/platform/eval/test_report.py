@@ -46,6 +46,8 @@ def metrics(*controls: str) -> dict[str, Any]:
     bases = {"model": 0.5, "text_only": 0.3, "shuffled_images": 0.25, "majority": 0.1}
     return {
         "model": URI,
+        "variant": {"preset": "tiny", "alignment": "head"},
+        "split": "test",
         "benchmark": {
             "samples": 600,
             "tasks": {task: 100 for task in TASKS},
@@ -84,7 +86,7 @@ def test_summary_table_rows_scores_and_placeholders() -> None:
     table = summary_table(ALL)
     print(table)
     assert max(len(line) for line in table.splitlines()) <= 110
-    assert URI in table and "600 benchmark samples" in table
+    assert f"model {URI} (tiny, alignment head), 600 benchmark samples of the test split" in table
     header = next(line for line in table.splitlines() if line.startswith("task"))
     for title in ("ROUGE-L", "BLEU-4", "find F1", "dx acc", "dx mF1", "treat agr", "samples", "failed"):
         assert f" {title}" in header
@@ -153,7 +155,8 @@ def test_html_report_is_self_contained_and_escaped() -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert not re.search(r"(src|href)=\"?(https?:)?//", page)
     assert not any(tag in ("link", "script") for tag, _ in parsed.tags)
-    assert "s3://bucket/runs/&lt;r1&gt;/stage3/model" in page and URI not in page
+    assert "s3://bucket/runs/&lt;r1&gt;/stage3/model</code> (tiny, alignment head)" in page
+    assert URI not in page
     text = "".join(parsed.text)
     for task in TASKS:
         assert task in text
