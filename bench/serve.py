@@ -63,10 +63,10 @@ from p2med.model.generation import GenerationSettings, encode_prompts, generate
 from p2med.model.interleave import Images
 from p2med.model.presets import build_model, tiny_config
 from p2med.model.tokenizer import IMAGE_TOKEN, train_bpe_tokenizer
+from p2med.platform.data.image_files import imaging_for
 from p2med.platform.data.prompts import INSTRUCTIONS
 from p2med.platform.data.vocabulary import FINDING_LABELS
 from p2med.serve_apps.app import build_app
-from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.settings import ModelDeploymentSettings, ServeSettings
 from p2med.serve_apps.uploads import decode_upload
 

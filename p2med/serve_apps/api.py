@@ -43,6 +43,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from p2med.model.checkpoint import check_model_folder
 from p2med.model.tokenizer import IMAGE_TOKEN
+from p2med.platform.data.image_files import ImageFiles, imaging_for
 from p2med.platform.data.prompts import request_prompt
 from p2med.platform.data.tasks import IMAGE_TASKS
 from p2med.platform.storage import resolve
@@ -50,10 +51,9 @@ from p2med.serve_apps.chatbody import REFERENCE, ChatBody
 from p2med.serve_apps.compute import Completion
 from p2med.serve_apps.demo import DemoRefusal, build_demo
 from p2med.serve_apps.errors import ClientError
-from p2med.serve_apps.models import imaging_for
 from p2med.serve_apps.readers import HeaderReaders
 from p2med.serve_apps.settings import ServeSettings
-from p2med.serve_apps.uploads import Upload, decode_upload, inspect_upload
+from p2med.serve_apps.uploads import decode_upload, inspect_upload
 
 DATA_URI_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/zip")
 RETRY_AFTER_S = "1"
@@ -160,7 +160,7 @@ def _chat_inputs(
     images: list[bytes],
     max_bytes: int,
     max_images: int,
-    inspect: Callable[[list[bytes], int], Upload] = inspect_upload,
+    inspect: Callable[[list[bytes], int], ImageFiles] = inspect_upload,
 ) -> tuple[list[list[bytes]], str]:
     """The images (as upload files, in order) and the text of a chat's messages; `images`:
     the data URIs' payloads that `ChatBody` set apart. Each upload is checked by `inspect`

@@ -20,8 +20,7 @@ import torch
 from ray import serve
 
 from p2med.model.checkpoint import load_model
-from p2med.model.config import ModelConfig
-from p2med.platform.data.imaging import ImagingSettings
+from p2med.platform.data.image_files import imaging_for
 from p2med.platform.storage import resolve
 from p2med.serve_apps.background import iterate_ahead
 from p2med.serve_apps.batching import Feed, JoiningBatcher, Updates
@@ -38,14 +37,6 @@ def load_served_model(settings: ServeSettings, replica: ModelDeploymentSettings)
     device = torch.device("cuda") if replica.num_gpus > 0 and torch.cuda.is_available() else None
     model, tokenizer = load_model(location.uri, fs=location.fs, merge=True, device=device)
     return model.eval(), tokenizer
-
-
-def imaging_for(config: ModelConfig) -> ImagingSettings:
-    """The preprocessing that made the model's training images (sizes from its config; the
-    lung window is the ingest's default). Burned-in text is accepted: an upload is not kept."""
-    vision = config.vision
-    sizes = {"xray_size": vision.xray_size, "ct_slices": vision.ct_slices, "ct_size": vision.ct_size}
-    return ImagingSettings(**sizes, refuse_burned_in_text=False)
 
 
 @serve.deployment

@@ -16,7 +16,8 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from p2med.serve_apps.uploads import Upload, file_type, inspect_upload
+from p2med.platform.data.image_files import ImageFiles, file_type
+from p2med.serve_apps.uploads import inspect_upload
 
 
 class HeaderReaders:
@@ -28,7 +29,7 @@ class HeaderReaders:
         self._lock = threading.Lock()
         self._pool = self._start()
 
-    def inspect(self, files: list[bytes], max_bytes: int) -> Upload:
+    def inspect(self, files: list[bytes], max_bytes: int) -> ImageFiles:
         """What `inspect_upload(files, max_bytes)` says, read in a worker process.
 
         Raises:

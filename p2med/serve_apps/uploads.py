@@ -1,145 +1,33 @@
-"""Uploaded files -> model pixels, through the ingest's own preprocessing (`imaging`).
-
-An upload is one image: an X-ray (one DICOM, PNG or JPEG file) or a CT series (its
-DICOM slices as several files, or one zip of them). Which it is comes from the bytes,
-never from a file name or a declared type:
-
-    kind, pixels = decode_upload([png_bytes], imaging, max_bytes)     # "xray", (S, S)
-    kind, pixels = decode_upload(slice_files, imaging, max_bytes)     # "ct", (D, H, W)
-    kind, pixels = decode_upload([zip_bytes], imaging, max_bytes)     # "ct", (D, H, W)
-
-`max_bytes` (the request size limit) also bounds what the upload expands to: a zip's
-files, and the pixel data they decode to, as their headers give it (a few KB of
-compressed pixels can ask for gigabytes). `inspect_upload` checks all that from the
-headers, before any pixel is decoded; `decode_upload` checks it again (a file is read once
-there, with its pixel data still encoded) before it decodes.
-
-Every refusal is a `BadUpload` whose message says what is wrong with the upload without
-quoting a header value.
-"""
+"""Uploaded files -> model pixels: `p2med.platform.data.image_files`, whose refusals reach the
+client as `BadUpload` (a 400 naming what is wrong with the upload)."""
 
 from __future__ import annotations
 
-import io
-import zipfile
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
-from pydicom.dataset import Dataset
 
-from p2med.platform.data.imaging import (
-    DecodeFailure,
-    ImagingSettings,
-    ct_volume,
-    frame_bytes,
-    picture_bytes,
-    picture_pixels,
-    read_dicom,
-    xray_pixels,
-)
+from p2med.platform.data.image_files import BadImage, ImageFiles, decode_image_files, inspect_image_files
+from p2med.platform.data.imaging import ImagingSettings
 from p2med.serve_apps.errors import BadUpload
 
-PNG_MAGIC, JPEG_MAGIC, ZIP_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04"
-MAX_ZIP_MEMBERS = 2048  # slices of one CT series; a zip with more is not one series
 
-
-def file_type(data: bytes) -> str:
-    """ "dicom", "png", "jpeg", "zip" or "unknown", from the leading bytes."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    for name, magic in (("png", PNG_MAGIC), ("jpeg", JPEG_MAGIC), ("zip", ZIP_MAGIC)):
-        if data.startswith(magic):
-            return name
-    return "unknown"
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One upload as its bytes and headers tell it, before any pixel is decoded."""
-
-    kind: str  # "xray" or "ct"
-    files: list[bytes]  # a zip unpacked
-    pixel_bytes: int  # what its pixel data decodes to (stored values; a DICOM's first frame)
-
-
-def inspect_upload(files: list[bytes], max_bytes: int) -> Upload:
-    """What an upload is, from its bytes and headers alone.
-
-    Raises:
-        BadUpload: no file, files that are not one image, or an upload that expands (zip)
-            or decodes past `max_bytes`.
-    """
-    return _read(files, max_bytes, stop_before_pixels=True)[0]
+def inspect_upload(files: list[bytes], max_bytes: int) -> ImageFiles:
+    """`inspect_image_files`; raises BadUpload."""
+    with _refused():
+        return inspect_image_files(files, max_bytes)
 
 
 def decode_upload(files: list[bytes], imaging: ImagingSettings, max_bytes: int) -> tuple[str, np.ndarray]:
-    """One uploaded image -> ("xray", (S, S)) or ("ct", (D, H, W)), float32 in [0, 1].
+    """`decode_image_files`; raises BadUpload."""
+    with _refused():
+        return decode_image_files(files, imaging, max_bytes)
 
-    Raises:
-        BadUpload: not an image, a corrupt DICOM, a CT series that is not a volume, an
-            upload past `max_bytes` (see `inspect_upload`), ...
-    """
-    upload, datasets = _read(files, max_bytes, stop_before_pixels=False)
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
     try:
-        if not datasets:  # a picture
-            return upload.kind, picture_pixels(upload.files[0], imaging)
-        pixels = xray_pixels(datasets[0], imaging) if upload.kind == "xray" else ct_volume(datasets, imaging)
-        return upload.kind, pixels
-    except DecodeFailure as failure:
-        raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
-
-
-def _read(files: list[bytes], max_bytes: int, stop_before_pixels: bool) -> tuple[Upload, list[Dataset]]:
-    """The upload, and its DICOM files read (to their pixel data, or whole with the pixel
-    data still encoded); no dataset for a picture. Raises BadUpload as `inspect_upload`."""
-    if not files:
-        raise BadUpload("the upload holds no file")
-    types = [file_type(data) for data in files]
-    try:
-        if len(files) == 1 and types[0] in ("png", "jpeg"):
-            return _within(Upload("xray", files, picture_bytes(files[0])), max_bytes), []
-        zipped = types == ["zip"]
-        if zipped:
-            files = _unzipped(files[0], max_bytes)
-        elif set(types) != {"dicom"}:
-            raise BadUpload(
-                "not an image: an upload is one PNG, JPEG or DICOM X-ray, or a CT series as DICOM "
-                "files or one zip of them"
-            )
-        datasets = [read_dicom(data, max_bytes, stop_before_pixels) for data in files]
-        single_ct = str(datasets[0].get("Modality", "")) == "CT"
-        kind = "ct" if zipped or len(files) > 1 or single_ct else "xray"
-        upload = Upload(kind, files, sum(frame_bytes(ds) for ds in datasets))
-        return _within(upload, max_bytes), datasets
-    except DecodeFailure as failure:
-        raise BadUpload(f"{failure.reason.value}: {failure.detail}") from None
-
-
-def _within(upload: Upload, max_bytes: int) -> Upload:
-    if upload.pixel_bytes > max_bytes:
-        raise BadUpload(
-            f"the image's pixel data decodes to {upload.pixel_bytes:,} bytes; the limit is {max_bytes:,}"
-        )
-    return upload
-
-
-def _unzipped(data: bytes, max_bytes: int) -> list[bytes]:
-    """The files of a zip (folders and hidden files skipped), refusing one that would
-    expand past `max_bytes`."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = [
-                m
-                for m in archive.infolist()
-                if not m.is_dir() and not m.filename.rsplit("/", 1)[-1].startswith(".")
-            ]
-            if not members:
-                raise BadUpload("the zip holds no file")
-            if len(members) > MAX_ZIP_MEMBERS:
-                limit = f"a CT series has at most {MAX_ZIP_MEMBERS}"
-                raise BadUpload(f"the zip holds {len(members)} files; {limit}")
-            if sum(m.file_size for m in members) > max_bytes:
-                raise BadUpload(f"the zip expands to more than the request limit of {max_bytes:,} bytes")
-            return [archive.read(m) for m in members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
-        raise BadUpload(f"not a readable zip ({type(exc).__name__})") from None
+        yield
+    except BadImage as refusal:
+        raise BadUpload(str(refusal)) from None
