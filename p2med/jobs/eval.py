@@ -2,6 +2,7 @@
 
 p2med eval model=runs/train/stage3/model shards=data/shards out=runs/eval
 p2med eval model=runs/train/stage3/model shards=data/shards out=runs/eval-test split=test
+p2med eval model=runs/train/stage3/model benchmark.file=data/mbench.jsonl out=runs/eval-mbench
 p2med eval --config eval/default.yaml model=s3://bucket/runs/r1/stage3/model shards=s3://bucket/shards out=s3://bucket/runs/r1/eval
 """
 
@@ -31,6 +32,7 @@ def run(config: JobSettings) -> dict[str, Any]:
 
     model, shards = resolve(config.model, config.storage), resolve(config.shards, config.storage)
     out = resolve(config.out, config.storage)
-    print(f"eval: {model.uri} on the {config.split} split of {shards.uri} -> {out.uri}")
+    benchmark = config.benchmark.file or f"the {config.split} split of {shards.uri}"
+    print(f"eval: {model.uri} on {benchmark} -> {out.uri}")
     settings = EvalSettings.model_validate(config.model_dump(exclude={"model", "shards", "out", "storage"}))
     return evaluate(model, shards, out, settings)

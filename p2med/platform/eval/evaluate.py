@@ -21,38 +21,46 @@ from typing import Any
 
 from p2med.model.checkpoint import check_model_folder
 from p2med.platform.data.extract import VocabularyExtractor
+from p2med.platform.data.image_files import imaging_for
 from p2med.platform.data.shards import read_manifest
 from p2med.platform.errors import P2MedError
 from p2med.platform.eval.benchmark import Benchmark, BenchSample, build_benchmark
+from p2med.platform.eval.benchmark_file import read_benchmark_file
 from p2med.platform.eval.controls import majority_answers, shuffled_images, text_only
 from p2med.platform.eval.inference import answer
 from p2med.platform.eval.report import html_report, summary_table
 from p2med.platform.eval.scores import score_sample, summarize
 from p2med.platform.eval.settings import MAJORITY, MODEL, SHUFFLED, TEXT_ONLY, EvalSettings
 from p2med.platform.ray_runtime import ensure_ray
-from p2med.platform.storage import Location
+from p2med.platform.storage import Location, resolve
 
 
 def evaluate(model: Location, shards: Location, out: Location, settings: EvalSettings) -> dict[str, Any]:
-    """Score the model at `model` on the benchmark of the ingest at `shards`; write to `out`.
+    """Score the model at `model` on the benchmark of the ingest at `shards` (or of the
+    file `settings.benchmark.file`, URIs read with `out`'s storage settings); write to `out`.
 
     Raises:
-        P2MedError: a missing or incomplete model folder, missing shards, or an empty
-            benchmark split.
+        P2MedError: a missing or incomplete model folder, missing shards, an empty
+            benchmark split, or a benchmark file without a usable line.
     """
     try:
         config = check_model_folder(model.uri, model.fs)
     except FileNotFoundError as exc:
         raise P2MedError(f"cannot evaluate: {exc}") from None
     started = time.monotonic()
-    manifest = read_manifest(shards)
-    bench = build_benchmark(shards, manifest, settings.benchmark, settings.split)
+    file = settings.benchmark.file
+    if file is None:
+        manifest = read_manifest(shards)
+        bench, source = build_benchmark(shards, manifest, settings.benchmark, settings.split), None
+    else:
+        manifest = _majority_manifest(shards) if MAJORITY in settings.controls else None
+        source = resolve(file, out.storage)
+        bench, skipped = read_benchmark_file(source, imaging_for(config), settings.benchmark.max_image_bytes)
+        for left_out in skipped:
+            print(f"eval: benchmark file line {left_out.line} left out: {left_out.reason}", flush=True)
     counts = bench.counts()
-    print(
-        f"eval: benchmark of {counts['samples']} samples of the {settings.split} split: "
-        f"{_listing(counts['tasks'])}",
-        flush=True,
-    )
+    where = f"from {source.uri}" if source else f"of the {settings.split} split"
+    print(f"eval: benchmark of {counts['samples']} samples {where}: {_listing(counts['tasks'])}", flush=True)
     if bench.shortfall:
         print(
             f"eval: the {settings.split} split is too small for an even share of every task; short by "
@@ -69,8 +77,8 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
     metrics = {
         "model": model.uri,
         "variant": {"preset": config.preset, "alignment": config.alignment},
-        "split": settings.split,
-        "benchmark": counts,
+        "split": settings.split if source is None else None,
+        "benchmark": counts if source is None else counts | {"file": source.uri, "left_out": len(skipped)},
         "controls": {
             control: summarize([r for r in records if r["control"] == control]) for control in answers
         },
@@ -84,7 +92,11 @@ def evaluate(model: Location, shards: Location, out: Location, settings: EvalSet
 
 
 def _answers(
-    bench: Benchmark, model: Location, shards: Location, manifest: dict[str, Any], settings: EvalSettings
+    bench: Benchmark,
+    model: Location,
+    shards: Location,
+    manifest: dict[str, Any] | None,
+    settings: EvalSettings,
 ) -> dict[str, list[tuple[str, str | None]]]:
     """Per control, (answer, failure) for every benchmark sample. The image controls only
     send the samples that show images: on the others their input is the model's own, and
@@ -110,6 +122,17 @@ def _answers(
         majority = majority_answers(shards, manifest, settings.benchmark.tasks)
         out[MAJORITY] = [(majority.get(s.task, ""), None) for s in samples]
     return out
+
+
+def _majority_manifest(shards: Location) -> dict[str, Any]:
+    """The manifest of the shards whose train split the majority control reads."""
+    try:
+        return read_manifest(shards)
+    except P2MedError as exc:
+        raise P2MedError(
+            f"the majority control reads the train split of shards: {exc}; "
+            "give shards=..., or leave it out: controls=[text_only,shuffled_images]"
+        ) from None
 
 
 def _record(

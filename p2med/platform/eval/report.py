@@ -3,8 +3,9 @@ self-contained HTML page (tables, bar charts, the model's diagnosis confusion ma
 example answer of each task).
 
 Both read the metrics dict the eval job writes to metrics.json:
-`{"model": uri, "variant": {"preset", "alignment"}, "split", "benchmark": {"samples",
-"tasks", "diagnoses"}, "controls": {name: control}}`,
+`{"model": uri, "variant": {"preset", "alignment"}, "split" (None for a benchmark file),
+"benchmark": {"samples", "tasks", "diagnoses"[, "file", "left_out"]}, "controls": {name:
+control}}`,
 where a control is `{"overall": metrics, "tasks": {task: metrics}, "confusion": {...}}` and
 a metric of None does not apply to that task. The controls (text only, shuffled images,
 majority class) sit next to the model so a reader sees how much the images matter.
@@ -55,7 +56,7 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     header = [key for _, key, _ in SCORES] + ["samples", "failed"]
     lines = [
         f"model {metrics['model']}{_variant(metrics)}, {metrics['benchmark']['samples']} benchmark "
-        f"samples of the {metrics['split']} split",
+        f"samples {_source(metrics)}",
         "",
         _line("task", header),
     ]
@@ -143,6 +144,14 @@ def _variant(metrics: Mapping[str, Any]) -> str:
     return f" ({metrics['variant']['preset']}, alignment {metrics['variant']['alignment']})"
 
 
+def _source(metrics: Mapping[str, Any]) -> str:
+    """Where the benchmark came from: "of the dev split", or "from <file>" (lines left out)."""
+    benchmark = metrics["benchmark"]
+    if metrics["split"] is not None:
+        return f"of the {metrics['split']} split"
+    return f"from {benchmark['file']} ({benchmark['left_out']} lines left out)"
+
+
 def _label(control: str) -> str:
     return CONTROL_LABELS.get(control, (control, ""))[0]
 
@@ -161,7 +170,7 @@ def _header(metrics: Mapping[str, Any]) -> str:
     return (
         "<h1>Evaluation report</h1>"
         f"<p>Model: <code>{html.escape(str(metrics['model']))}</code>{html.escape(_variant(metrics))}<br>"
-        f"Benchmark: {int(benchmark['samples'])} samples of the {html.escape(metrics['split'])} split</p>"
+        f"Benchmark: {int(benchmark['samples'])} samples {html.escape(_source(metrics))}</p>"
         f'<div class="counts">{_counts_table("Task", benchmark.get("tasks", {}))}'
         f"{_counts_table('Diagnosis', benchmark.get('diagnoses', {}))}</div>"
         f"<ul>{legend}</ul>"

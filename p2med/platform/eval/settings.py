@@ -22,6 +22,12 @@ class BenchmarkSettings(Settings):
     """The tasks to evaluate."""
     seed: int = 0
     """Which patients a task takes when the split has more than it needs."""
+    file: str | None = None
+    """A benchmark file (JSONL, `benchmark_file`: task, prompt, images, reference) to score
+    instead of a split of the shards; every usable line of it, whatever samples, tasks and
+    seed say."""
+    max_image_bytes: int = Field(512 * 2**20, ge=1)
+    """The most a benchmark file's image may decode or unzip to."""
 
     @field_validator("tasks")
     @classmethod

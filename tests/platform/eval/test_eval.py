@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_plan import SplitSettings
 from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.prompts import INSTRUCTIONS
 from p2med.platform.data.shards import read_manifest
 from p2med.platform.data.stage_datasets import corpus
 from p2med.platform.data.synth import SynthSettings
@@ -190,3 +192,55 @@ def test_bad_inputs_are_refused_with_a_clear_error(shards, model_dir, tmp_path):
     with pytest.raises(P2MedError, match=r"dev split .* holds no patients"):
         evaluate(resolve(str(model_dir)), resolve(str(no_dev)), resolve(str(tmp_path / "e3")), QUICK)
     assert not (tmp_path / "e3").exists()  # nothing written for a run that could not start
+
+
+def test_a_benchmark_file_is_scored_and_its_unusable_lines_are_left_out(shards, model_dir, tmp_path, capsys):
+    dicom = shards.parent / "raw" / "dicom"
+    folder = tmp_path / "mbench"
+    (folder / "images").mkdir(parents=True)
+    shutil.copy(next((dicom / "xray").glob("*.dcm")), folder / "images" / "cxr.dcm")
+    series = next(p for p in (dicom / "ct").iterdir() if p.is_dir())
+    with zipfile.ZipFile(folder / "images" / "ct.zip", "w") as archive:
+        for path in sorted(series.glob("*.dcm")):
+            archive.write(path, path.name)
+    xray = {"task": "xray_report", "prompt": INSTRUCTIONS["xray_report"], "images": ["images/cxr.dcm"]}
+    xray["reference"] = "Findings: No focal consolidation.\nImpression: No acute disease."
+    absolute = str(folder / "images" / "ct.zip")
+    ct = xray | {"task": "ct_report", "prompt": INSTRUCTIONS["ct_report"], "images": [absolute]}
+    both = xray | {"task": "differential_diagnosis", "images": ["images/ct.zip", "images/cxr.dcm"]}
+    lines = [
+        xray | {"id": "case-1/xray_report"},
+        ct,  # an absolute path
+        both | {"diagnosis": "normal"},  # the CT listed first
+        "{not json",
+        xray | {"task": "radiology_haiku"},
+        xray | {"images": ["images/Zhang-Wei.dcm"]},
+        xray | {"images": ["images/cxr.dcm", "images/cxr.dcm"]},
+    ]
+    file = folder / "benchmark.jsonl"
+    file.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    settings = QUICK.model_copy(
+        update={"benchmark": BenchmarkSettings(file=str(file)), "controls": ["text_only", "majority"]}
+    )
+
+    out = resolve(str(tmp_path / "eval"))
+    metrics = evaluate(resolve(str(model_dir)), resolve(str(shards)), out, settings)
+
+    assert metrics["split"] is None and metrics["benchmark"]["file"] == str(file)
+    assert metrics["benchmark"]["samples"] == 3 and metrics["benchmark"]["left_out"] == 4
+    printed = capsys.readouterr().out
+    for number, reason in (
+        (4, "not a JSON object"),
+        (5, "task: Value error, must be one of xray_report"),
+        (6, "image 1: cannot be read (StorageError)"),
+        (7, "more than one XRAY"),
+    ):
+        assert f"benchmark file line {number} left out: {reason}" in printed
+    assert "Zhang" not in printed  # a path may name a patient: never quoted
+    answers = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    model = {answer["id"]: answer for answer in answers if answer["control"] == "model"}
+    assert set(model) == {"case-1/xray_report", "line-2", "line-3"}
+    assert model["line-3"]["prompt"].startswith("<image>\n<image>\n")
+    assert model["line-3"]["diagnosis"] == "normal"
+    assert {answer["control"] for answer in answers} == {"model", "text_only", "majority"}
+    assert f"from {file} (4 lines left out)" in (tmp_path / "eval" / "report.html").read_text()
