@@ -17,6 +17,7 @@ from p2med.platform.data.deid import DeidSettings, Pseudonymizer
 from p2med.platform.data.imaging import ImagingSettings
 from p2med.platform.data.ingest import ingest
 from p2med.platform.data.ingest_settings import IngestSettings
+from p2med.platform.data.shards import SCHEMA_VERSION
 from p2med.platform.data.synth import SynthSettings, generate
 from p2med.platform.errors import P2MedError
 from p2med.platform.storage import resolve
@@ -80,7 +81,7 @@ def test_rows_are_complete_patients(ingested):
 def test_manifest_describes_the_shards(ingested):
     _, shards, summary = ingested
     manifest = manifest_of(shards)
-    assert manifest["kind"] == "p2med-shards" and manifest["schema_version"] == 1
+    assert manifest["kind"] == "p2med-shards" and manifest["schema_version"] == SCHEMA_VERSION
     assert len(manifest["shards"]) > 1  # the small target size splits the data
     for entry in manifest["shards"]:
         data = (shards / manifest["data"] / entry["path"]).read_bytes()

@@ -305,8 +305,8 @@ def test_corpus_covers_the_split_and_the_instructions(local_shards):
 def test_bad_arguments_fail_on_the_driver(local_shards, tokenizer_dir, tmp_path):
     with pytest.raises(P2MedError, match="stage 4"):
         stage_dataset(local_shards, 4, "train", config(tokenizer_dir))
-    with pytest.raises(P2MedError, match="split 'test'"):
-        stage_dataset(local_shards, 3, "test", config(tokenizer_dir))
+    with pytest.raises(P2MedError, match="split 'bench'"):
+        stage_dataset(local_shards, 3, "bench", config(tokenizer_dir))
     with pytest.raises(P2MedError, match="every stage-3 task weight is 0"):
         stage_dataset(
             local_shards,
